@@ -1,0 +1,83 @@
+"""Training-set augmentation with albumentations, seeded per image so a rerun writes identical files."""
+
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import albumentations
+import cv2
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from imageclf.data import Record, read_manifest, write_manifest
+from imageclf.errors import UserError
+from imageclf.files import atomic_dir, write_atomic
+from imageclf.images import jpeg_bytes, open_rgb, to_square
+
+
+def build_transform(transforms: list[dict]) -> albumentations.Compose:
+    """An albumentations pipeline from params entries such as `{"HorizontalFlip": {"p": 0.5}}`."""
+    steps = []
+    for index, entry in enumerate(transforms):
+        ((name, arguments),) = entry.items()
+        transform_class = getattr(albumentations, name, None)
+        if not (isinstance(transform_class, type) and issubclass(transform_class, albumentations.BasicTransform)):
+            raise UserError(f"augment.transforms[{index}]: '{name}' is not an albumentations transform")
+        try:
+            steps.append(transform_class(**(arguments or {})))
+        except (TypeError, ValueError) as error:
+            message = " ".join(line.strip() for line in str(error).splitlines()[:3])
+            raise UserError(f"augment.transforms[{index}] ({name}): bad arguments {arguments}: {message}") from None
+    return albumentations.Compose(steps)
+
+
+def image_seed(seed: int, sha256: str, copy: int) -> int:
+    """A seed for one augmented copy of one image, independent of processing order."""
+    return int(np.random.SeedSequence([seed, int(sha256[:16], 16), copy]).generate_state(1)[0])
+
+
+def augmented_copy(transform: albumentations.Compose, image: Image.Image, seed: int, size: int) -> Image.Image:
+    """Apply `transform` with `seed`, then resize to the model's `size`×`size` input."""
+    transform.set_random_seed(seed)
+    pixels = transform(image=np.asarray(image))["image"]
+    return to_square(Image.fromarray(pixels), size)
+
+
+_worker_transform: albumentations.Compose | None = None
+
+
+def _init_worker(transforms: list[dict]) -> None:
+    global _worker_transform
+    cv2.setNumThreads(1)
+    _worker_transform = build_transform(transforms)
+
+
+def _augment_one(job: tuple[Path, Path, Record, int, int, int]) -> list[Record]:
+    """Write the original (resized) and `copies` augmented variants of one training image."""
+    source_dir, out_dir, record, copies, seed, size = job
+    image = open_rgb(source_dir / record.path)
+    written = []
+    for copy in range(copies + 1):
+        if copy == 0:
+            variant = to_square(image, size)
+        else:
+            variant = augmented_copy(_worker_transform, image, image_seed(seed, record.sha256, copy), size)
+        path = f"{record.label}/{record.sha256[:16]}_{copy}.jpg"
+        write_atomic(out_dir / path, jpeg_bytes(variant))
+        written.append(Record(path, record.label, record.sha256, record.source))
+    return written
+
+
+def make_augmented(train_dir: Path, out_dir: Path, image_size: int, copies: int, seed: int,
+                   transforms: list[dict]) -> int:
+    """Materialise the training set: each image plus `copies` augmented variants, all at the model's input size."""
+    build_transform(transforms)  # fail on bad params before any work
+    records = read_manifest(train_dir)
+    with atomic_dir(out_dir) as folder, ProcessPoolExecutor(
+            max_workers=os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) as pool:
+        jobs = [(Path(train_dir), folder, record, copies, seed, image_size) for record in records]
+        results = tqdm(pool.map(_augment_one, jobs, chunksize=8), total=len(jobs), desc="augment", unit="img")
+        written = [record for batch in results for record in batch]
+        write_manifest(folder, written)
+    return len(written)

@@ -1,0 +1,67 @@
+"""Decoding and resizing: every image the project reads goes through here."""
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageOps
+from torchvision.transforms.v2 import functional
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+JPEG_QUALITY = 95
+
+
+def is_image_name(path: Path) -> bool:
+    """Whether `path` has an image file suffix and is not a hidden or macOS resource file."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def open_rgb(source: Path | bytes, min_side: int | None = None) -> Image.Image:
+    """Decode a file (or its bytes) into an upright RGB image.
+
+    With `min_side`, JPEG decoding runs at the smallest scale that keeps both sides at least
+    `min_side` (Pillow's draft mode), which is several times faster for large photos.
+    """
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+        if min_side is not None:
+            image.draft("RGB", (min_side, min_side))
+        upright = ImageOps.exif_transpose(image)
+        return upright.convert("RGB")
+
+
+def shrink_shorter_side(image: Image.Image, side: int) -> Image.Image:
+    """Downscale so the shorter side is `side`, keeping the aspect ratio; smaller images are kept as they are."""
+    width, height = image.size
+    scale = side / min(width, height)
+    if scale >= 1:
+        return image
+    size = (max(side, round(width * scale)), max(side, round(height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def to_square(image: Image.Image, size: int) -> Image.Image:
+    """Resize the whole image to `size`×`size` (no crop, so no subject is cut off at the edges)."""
+    if image.size == (size, size):
+        return image
+    return image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def jpeg_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a model expects of its input: a square of `image_size` pixels, normalised with `mean` and `std`."""
+
+    image_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        tensor = functional.to_image(to_square(image, self.image_size))
+        tensor = functional.to_dtype(tensor, torch.float32, scale=True)
+        return functional.normalize(tensor, list(self.mean), list(self.std))

@@ -1,0 +1,135 @@
+"""The one place that reads `params.yaml` and checks it: unknown keys, wrong types and bad values fail early."""
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from imageclf.errors import UserError
+
+PARAMS_FILE = Path("params.yaml")
+TRAIN_MODES = ("fromzero", "transfer_learning")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    raw_dir: str
+    classes: list[str]
+    image_size: int
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    val: float
+    test: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    copies: int
+    seed: int
+    transforms: list[dict]
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    model: str
+    mode: str
+    epochs: int
+    batch_size: int
+    lr: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    split: SplitParams
+    augment: AugmentParams
+    train: TrainParams
+    evaluate: EvaluateParams
+
+
+def load_params(path: Path = PARAMS_FILE) -> Params:
+    """Read and check `path`; raise UserError naming the first bad key."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path} not found: run from the project root, where params.yaml is") from None
+    except yaml.YAMLError as error:
+        raise UserError(f"{path} is not valid YAML: {str(error).splitlines()[0]}") from None
+    params = _build(Params, raw, prefix="", path=path)
+    _check_values(params, path)
+    return params
+
+
+def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
+    """Build dataclass `cls` from the mapping `raw`, checking key names and value types."""
+    where = prefix.rstrip(".") or "the top level"
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: {where} must be a mapping of keys, got {type(raw).__name__}")
+    hints = get_type_hints(cls)
+    names = [field.name for field in fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise UserError(f"{path}: unknown key '{prefix}{unknown[0]}' (allowed in {where}: {', '.join(names)})")
+    values = {}
+    for name in names:
+        key = prefix + name
+        if name not in raw:
+            raise UserError(f"{path}: missing key '{key}'")
+        hint = hints[name]
+        if isinstance(hint, type) and hasattr(hint, "__dataclass_fields__"):
+            values[name] = _build(hint, raw[name], prefix=f"{key}.", path=path)
+        else:
+            values[name] = _checked_type(raw[name], hint, key, path)
+    return cls(**values)
+
+
+def _checked_type(value: Any, hint: Any, key: str, path: Path) -> Any:
+    origin = get_origin(hint)
+    if origin is list:
+        (item_type,) = get_args(hint)
+        if not isinstance(value, list) or not all(isinstance(item, item_type) for item in value):
+            raise UserError(f"{path}: '{key}' must be a list of {item_type.__name__}, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise UserError(f"{path}: '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def _require(condition: bool, path: Path, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise UserError(f"{path}: '{key}' is {value!r}; {allowed}")
+
+
+def _check_values(params: Params, path: Path) -> None:
+    data, split, augment, train = params.data, params.split, params.augment, params.train
+    classes = data.classes
+    _require(len(classes) >= 2 and len(set(classes)) == len(classes), path, "data.classes", classes,
+             "it needs at least two distinct class names")
+    _require(data.image_size >= 32, path, "data.image_size", data.image_size, "it must be at least 32 (pixels)")
+    _require(0 < split.val < 1, path, "split.val", split.val, "it must be between 0 and 1")
+    _require(0 < split.test < 1, path, "split.test", split.test, "it must be between 0 and 1")
+    _require(split.val + split.test < 1, path, "split.test", split.test,
+             f"split.val + split.test must stay below 1 to leave training data (split.val is {split.val})")
+    _require(augment.copies >= 0, path, "augment.copies", augment.copies, "it must be 0 or more")
+    for index, transform in enumerate(augment.transforms):
+        _require(len(transform) == 1 and isinstance(next(iter(transform.values())) or {}, dict), path,
+                 f"augment.transforms[{index}]", transform,
+                 "each entry must be one albumentations transform name with its arguments, e.g. 'HorizontalFlip: {p: 0.5}'")
+    _require(train.mode in TRAIN_MODES, path, "train.mode", train.mode, f"allowed: {', '.join(TRAIN_MODES)}")
+    _require(train.epochs >= 1, path, "train.epochs", train.epochs, "it must be 1 or more")
+    _require(train.batch_size >= 1, path, "train.batch_size", train.batch_size, "it must be 1 or more")
+    _require(train.lr > 0, path, "train.lr", train.lr, "it must be greater than 0")
+    _require(params.evaluate.batch_size >= 1, path, "evaluate.batch_size", params.evaluate.batch_size,
+             "it must be 1 or more")

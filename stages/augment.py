@@ -1,0 +1,22 @@
+"""Stage augment: write each training image plus `augment.copies` augmented variants at the model input size.
+
+Usage: python stages/augment.py TRAIN_DIR OUT_DIR
+"""
+
+import sys
+from pathlib import Path
+
+from imageclf.augmentation import make_augmented
+from imageclf.errors import exits_cleanly
+from imageclf.params import load_params
+
+
+@exits_cleanly
+def main(train_dir: str, out_dir: str) -> None:
+    params = load_params()
+    make_augmented(Path(train_dir), Path(out_dir), params.data.image_size, params.augment.copies,
+                   params.augment.seed, params.augment.transforms)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

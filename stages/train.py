@@ -1,0 +1,27 @@
+"""Stage train: train `train.model` in `train.mode`; save the best validation epoch and the per-epoch history.
+
+Usage: python stages/train.py TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV
+"""
+
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+from imageclf.errors import exits_cleanly
+from imageclf.files import write_csv, write_json
+from imageclf.models import save_model
+from imageclf.params import load_params
+from imageclf.training import EpochStats, train_from_params
+
+
+@exits_cleanly
+def main(train_dir: str, val_dir: str, model_path: str, metrics_path: str, history_path: str) -> None:
+    saved, result = train_from_params(load_params(), Path(train_dir), Path(val_dir))
+    save_model(Path(model_path), saved)
+    write_json(Path(metrics_path), result.summary())
+    write_csv(Path(history_path), [asdict(epoch) for epoch in result.history],
+              [field.name for field in fields(EpochStats)])
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,6 +1,7 @@
 """Training-set augmentation with albumentations, seeded per image so a rerun writes identical files."""
 
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -25,8 +26,10 @@ def build_transform(transforms: list[dict]) -> albumentations.Compose:
         if not (isinstance(transform_class, type) and issubclass(transform_class, albumentations.BasicTransform)):
             raise UserError(f"augment.transforms[{index}]: '{name}' is not an albumentations transform")
         try:
-            steps.append(transform_class(**(arguments or {})))
-        except (TypeError, ValueError) as error:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # albumentations only warns about a misspelt argument
+                steps.append(transform_class(**(arguments or {})))
+        except (TypeError, ValueError, UserWarning) as error:
             message = " ".join(line.strip() for line in str(error).splitlines()[:3])
             raise UserError(f"augment.transforms[{index}] ({name}): bad arguments {arguments}: {message}") from None
     return albumentations.Compose(steps)
@@ -69,13 +72,16 @@ def _augment_one(job: tuple[Path, Path, Record, int, int, int]) -> list[Record]:
     return written
 
 
-def make_augmented(train_dir: Path, out_dir: Path, image_size: int, copies: int, seed: int,
-                   transforms: list[dict]) -> int:
+def make_augmented(
+    train_dir: Path, out_dir: Path, image_size: int, copies: int, seed: int, transforms: list[dict]
+) -> int:
     """Materialise the training set: each image plus `copies` augmented variants, all at the model's input size."""
     build_transform(transforms)  # fail on bad params before any work
     records = read_manifest(train_dir)
-    with atomic_dir(out_dir) as folder, ProcessPoolExecutor(
-            max_workers=os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) as pool:
+    with (
+        atomic_dir(out_dir) as folder,
+        ProcessPoolExecutor(max_workers=os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) as pool,
+    ):
         jobs = [(Path(train_dir), folder, record, copies, seed, image_size) for record in records]
         results = tqdm(pool.map(_augment_one, jobs, chunksize=8), total=len(jobs), desc="augment", unit="img")
         written = [record for batch in results for record in batch]

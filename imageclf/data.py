@@ -35,8 +35,10 @@ def find_images(raw_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
     """The image files of each class folder `<raw_dir>/<class>/`, searched recursively, in sorted order."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise UserError(f"data.raw_dir '{raw_dir}' is not a folder: point data.raw_dir in params.yaml at a "
-                        "folder with one subfolder per class")
+        raise UserError(
+            f"data.raw_dir '{raw_dir}' is not a folder: point data.raw_dir in params.yaml at a "
+            "folder with one subfolder per class"
+        )
     found = {}
     for label in classes:
         folder = raw_dir / label
@@ -46,8 +48,11 @@ def find_images(raw_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
         if not files:
             raise UserError(f"class folder '{folder}' holds no images (.jpg, .png, .webp, .bmp, ...)")
         found[label] = files
-    ignored = sorted(path.name for path in raw_dir.iterdir() if path.is_dir() and path.name not in classes
-                     and not path.name.startswith("."))
+    ignored = sorted(
+        path.name
+        for path in raw_dir.iterdir()
+        if path.is_dir() and path.name not in classes and not path.name.startswith(".")
+    )
     if ignored:
         warn(f"{raw_dir}: ignoring folders that are not in data.classes: {', '.join(ignored)}")
     return found
@@ -65,14 +70,16 @@ def split_records(records: list[Record], val: float, test: float, seed: int) -> 
         members = sorted((record for record in records if record.label == label), key=lambda record: record.sha256)
         n_val, n_test = max(1, round(len(members) * val)), max(1, round(len(members) * test))
         if len(members) - n_val - n_test < 1:
-            raise UserError(f"class '{label}' has only {len(members)} usable images (source folder "
-                            f"'{Path(members[0].source).parent}'); split.val={val} and split.test={test} need "
-                            f"at least {n_val + n_test + 1}: add images or lower the fractions")
+            raise UserError(
+                f"class '{label}' has only {len(members)} usable images (source folder "
+                f"'{Path(members[0].source).parent}'); split.val={val} and split.test={test} need "
+                f"at least {n_val + n_test + 1}: add images or lower the fractions"
+            )
         order = np.random.default_rng([seed, zlib.crc32(label.encode())]).permutation(len(members))
         shuffled = [members[index] for index in order]
         splits["test"] += shuffled[:n_test]
-        splits["val"] += shuffled[n_test:n_test + n_val]
-        splits["train"] += shuffled[n_test + n_val:]
+        splits["val"] += shuffled[n_test : n_test + n_val]
+        splits["train"] += shuffled[n_test + n_val :]
     return splits
 
 
@@ -95,26 +102,27 @@ def count_by_label(records: list[Record], classes: list[str]) -> dict[str, int]:
 class ImageDataset(torch.utils.data.Dataset):
     """Labelled image files as (tensor, class index) pairs; `sources` names each item's original file."""
 
-    def __init__(self, paths: list[Path], labels: list[int], sources: list[str],
-                 preprocess: Preprocessing):
+    def __init__(self, paths: list[Path], labels: list[int], sources: list[str], preprocess: Preprocessing):
         self.paths, self.labels, self.sources, self.preprocess = paths, labels, sources, preprocess
 
     @classmethod
-    def from_manifest(cls, folder: Path, classes: list[str],
-                      preprocess: Preprocessing) -> "ImageDataset":
+    def from_manifest(cls, folder: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
         """The images of a split or augmented folder written by this pipeline."""
         records = read_manifest(folder)
         unknown = sorted({record.label for record in records} - set(classes))
         if unknown:
-            raise UserError(f"{Path(folder) / MANIFEST_NAME} has labels {unknown} that are not among the "
-                            f"classes {classes}")
-        return cls([Path(folder) / record.path for record in records],
-                   [classes.index(record.label) for record in records], [record.source for record in records],
-                   preprocess)
+            raise UserError(
+                f"{Path(folder) / MANIFEST_NAME} has labels {unknown} that are not among the classes {classes}"
+            )
+        return cls(
+            [Path(folder) / record.path for record in records],
+            [classes.index(record.label) for record in records],
+            [record.source for record in records],
+            preprocess,
+        )
 
     @classmethod
-    def from_folder(cls, raw_dir: Path, classes: list[str],
-                    preprocess: Preprocessing) -> "ImageDataset":
+    def from_folder(cls, raw_dir: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
         """The images of a `<raw_dir>/<class>/<image>` folder."""
         found = find_images(raw_dir, classes)
         paths = [path for label in classes for path in found[label]]
@@ -145,8 +153,9 @@ def _shrink(job: tuple[Path, int]) -> tuple[str, bytes | None, str]:
         return sha256, None, f"{type(error).__name__}: {error}"
 
 
-def make_split(raw_dir: Path, classes: list[str], image_size: int, val: float, test: float, seed: int,
-               out_dir: Path) -> dict:
+def make_split(
+    raw_dir: Path, classes: list[str], image_size: int, val: float, test: float, seed: int, out_dir: Path
+) -> dict:
     """Decode every image once, downscale it, split stratified, and write `<out_dir>/{train,val,test}`.
 
     Each split folder holds `<class>/<sha256[:16]>.jpg` and a manifest. Returns the counts for split.json.
@@ -158,7 +167,8 @@ def make_split(raw_dir: Path, classes: list[str], image_size: int, val: float, t
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
         results = pool.map(_shrink, jobs, chunksize=16)
         for (path, _), label, (sha256, content, error) in zip(
-                jobs, labels, tqdm(results, total=len(jobs), desc="split: decode", unit="img"), strict=True):
+            jobs, labels, tqdm(results, total=len(jobs), desc="split: decode", unit="img"), strict=True
+        ):
             if content is None:
                 unreadable.append(f"{path} ({error})")
             elif sha256 in contents:
@@ -174,6 +184,10 @@ def make_split(raw_dir: Path, classes: list[str], image_size: int, val: float, t
             for record in members:
                 write_atomic(folder / record.path, contents[record.sha256])
             write_manifest(folder, members)
-    return {"images": {name: {**count_by_label(members, classes), "total": len(members)}
-                       for name, members in splits.items()},
-            "unreadable": len(unreadable), "duplicates": duplicates}
+    return {
+        "images": {
+            name: {**count_by_label(members, classes), "total": len(members)} for name, members in splits.items()
+        },
+        "unreadable": len(unreadable),
+        "duplicates": duplicates,
+    }

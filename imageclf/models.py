@@ -79,15 +79,20 @@ def load_efficientnet_lite0_weights(backbone: nn.Module) -> None:
         raise RuntimeError(f"EfficientNet-Lite0 weights have {len(source)} tensors, the model {len(target)}")
     for (name, tensor), weight in zip(target.items(), source, strict=True):
         if tensor.shape != weight.shape:
-            raise RuntimeError(f"EfficientNet-Lite0 weight for {name} has shape {tuple(weight.shape)}, "
-                               f"the model {tuple(tensor.shape)}")
+            raise RuntimeError(
+                f"EfficientNet-Lite0 weight for {name} has shape {tuple(weight.shape)}, the model {tuple(tensor.shape)}"
+            )
     backbone.load_state_dict(dict(zip(target, source, strict=True)))
 
 
 MODELS: dict[str, ModelSpec] = {
     "original": ModelSpec(original_cnn, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), min_image_size=110),
-    "efficientnet_lite0": ModelSpec(timm_backbone("efficientnet_lite0"), mean=(0.5, 0.5, 0.5),
-                                    std=(0.5, 0.5, 0.5), load_pretrained=load_efficientnet_lite0_weights),
+    "efficientnet_lite0": ModelSpec(
+        timm_backbone("tf_efficientnet_lite0"),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        load_pretrained=load_efficientnet_lite0_weights,
+    ),
 }
 
 
@@ -100,8 +105,10 @@ def model_spec(name: str) -> ModelSpec:
 def preprocessing_for(name: str, image_size: int) -> Preprocessing:
     spec = model_spec(name)
     if image_size < spec.min_image_size:
-        raise UserError(f"data.image_size {image_size} is too small for train.model '{name}': "
-                        f"it needs at least {spec.min_image_size}")
+        raise UserError(
+            f"data.image_size {image_size} is too small for train.model '{name}': "
+            f"it needs at least {spec.min_image_size}"
+        )
     return Preprocessing(image_size, spec.mean, spec.std)
 
 
@@ -131,9 +138,17 @@ def save_model(path: Path, saved: SavedModel) -> None:
     """Save a state dict with plain metadata, so the file loads with `torch.load(..., weights_only=True)`."""
     buffer = io.BytesIO()
     state_dict = {name: tensor.contiguous() for name, tensor in saved.model.state_dict().items()}
-    torch.save({"state_dict": state_dict, "model": saved.name, "classes": list(saved.classes),
-                "image_size": saved.preprocessing.image_size, "mean": list(saved.preprocessing.mean),
-                "std": list(saved.preprocessing.std)}, buffer)
+    torch.save(
+        {
+            "state_dict": state_dict,
+            "model": saved.name,
+            "classes": list(saved.classes),
+            "image_size": saved.preprocessing.image_size,
+            "mean": list(saved.preprocessing.mean),
+            "std": list(saved.preprocessing.std),
+        },
+        buffer,
+    )
     write_atomic(Path(path), buffer.getvalue())
 
 
@@ -146,14 +161,17 @@ def load_model(path: Path) -> SavedModel:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise UserError(f"'{path}' is not a model file this project can load ({type(error).__name__})") from None
-    if not isinstance(saved, dict) or not MODEL_FILE_KEYS <= set(saved):
-        raise UserError(f"'{path}' is not a model file written by this project (expected keys: "
-                        f"{', '.join(sorted(MODEL_FILE_KEYS))})")
+    if not isinstance(saved, dict) or not set(saved) >= MODEL_FILE_KEYS:
+        raise UserError(
+            f"'{path}' is not a model file written by this project (expected keys: "
+            f"{', '.join(sorted(MODEL_FILE_KEYS))})"
+        )
     preprocessing = Preprocessing(saved["image_size"], tuple(saved["mean"]), tuple(saved["std"]))
     model = create_model(saved["model"], len(saved["classes"]), saved["image_size"], pretrained=False)
     try:
         model.load_state_dict(saved["state_dict"])
     except RuntimeError:
-        raise UserError(f"'{path}' does not match the '{saved['model']}' architecture with "
-                        f"{len(saved['classes'])} classes") from None
+        raise UserError(
+            f"'{path}' does not match the '{saved['model']}' architecture with {len(saved['classes'])} classes"
+        ) from None
     return SavedModel(model.eval(), saved["model"], list(saved["classes"]), preprocessing)

@@ -115,21 +115,36 @@ def _require(condition: bool, path: Path, key: str, value: Any, allowed: str) ->
 def _check_values(params: Params, path: Path) -> None:
     data, split, augment, train = params.data, params.split, params.augment, params.train
     classes = data.classes
-    _require(len(classes) >= 2 and len(set(classes)) == len(classes), path, "data.classes", classes,
-             "it needs at least two distinct class names")
+    _require(
+        len(classes) >= 2 and len(set(classes)) == len(classes),
+        path,
+        "data.classes",
+        classes,
+        "it needs at least two distinct class names",
+    )
     _require(data.image_size >= 32, path, "data.image_size", data.image_size, "it must be at least 32 (pixels)")
     _require(0 < split.val < 1, path, "split.val", split.val, "it must be between 0 and 1")
     _require(0 < split.test < 1, path, "split.test", split.test, "it must be between 0 and 1")
-    _require(split.val + split.test < 1, path, "split.test", split.test,
-             f"split.val + split.test must stay below 1 to leave training data (split.val is {split.val})")
+    _require(
+        split.val + split.test < 1,
+        path,
+        "split.test",
+        split.test,
+        f"split.val + split.test must stay below 1 to leave training data (split.val is {split.val})",
+    )
     _require(augment.copies >= 0, path, "augment.copies", augment.copies, "it must be 0 or more")
     for index, transform in enumerate(augment.transforms):
-        _require(len(transform) == 1 and isinstance(next(iter(transform.values())) or {}, dict), path,
-                 f"augment.transforms[{index}]", transform,
-                 "each entry must be one albumentations transform name with its arguments, e.g. 'HorizontalFlip: {p: 0.5}'")
+        _require(
+            len(transform) == 1 and isinstance(next(iter(transform.values())) or {}, dict),
+            path,
+            f"augment.transforms[{index}]",
+            transform,
+            "each entry must be one albumentations transform name with its arguments, e.g. 'HorizontalFlip: {p: 0.5}'",
+        )
     _require(train.mode in TRAIN_MODES, path, "train.mode", train.mode, f"allowed: {', '.join(TRAIN_MODES)}")
     _require(train.epochs >= 1, path, "train.epochs", train.epochs, "it must be 1 or more")
     _require(train.batch_size >= 1, path, "train.batch_size", train.batch_size, "it must be 1 or more")
     _require(train.lr > 0, path, "train.lr", train.lr, "it must be greater than 0")
-    _require(params.evaluate.batch_size >= 1, path, "evaluate.batch_size", params.evaluate.batch_size,
-             "it must be 1 or more")
+    _require(
+        params.evaluate.batch_size >= 1, path, "evaluate.batch_size", params.evaluate.batch_size, "it must be 1 or more"
+    )

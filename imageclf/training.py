@@ -28,8 +28,9 @@ def default_device() -> torch.device:
 
 
 @torch.inference_mode()
-def extract_features(backbone: nn.Module, dataset: Dataset, batch_size: int, device: torch.device,
-                     description: str) -> TensorDataset:
+def extract_features(
+    backbone: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, description: str
+) -> TensorDataset:
     """Run the frozen backbone once over `dataset`; return its (features, labels) as a TensorDataset."""
     backbone = backbone.eval().to(device, memory_format=torch.channels_last)
     features, labels = [], []
@@ -56,15 +57,21 @@ class FitResult:
 
     def summary(self) -> dict:
         """The best and the last epoch's losses and accuracies, for metrics/train.json."""
+
         def stats(epoch: EpochStats) -> dict:
             return {key: value for key, value in asdict(epoch).items() if key != "epoch"}
 
-        return {"best_epoch": self.best_epoch, "epochs": len(self.history),
-                "best": stats(self.history[self.best_epoch - 1]), "last": stats(self.history[-1])}
+        return {
+            "best_epoch": self.best_epoch,
+            "epochs": len(self.history),
+            "best": stats(self.history[self.best_epoch - 1]),
+            "last": stats(self.history[-1]),
+        }
 
 
-def run_epoch(model: nn.Module, batches: Iterable, device: torch.device,
-              optimizer: torch.optim.Optimizer | None = None) -> tuple[float, float]:
+def run_epoch(
+    model: nn.Module, batches: Iterable, device: torch.device, optimizer: torch.optim.Optimizer | None = None
+) -> tuple[float, float]:
     """One pass over `batches`: trains when given an optimizer, else only evaluates. Returns (loss, accuracy)."""
     model.train(optimizer is not None)
     total_loss, correct, seen = 0.0, 0, 0
@@ -83,8 +90,17 @@ def run_epoch(model: nn.Module, batches: Iterable, device: torch.device,
     return total_loss / seen, correct / seen
 
 
-def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, *, epochs: int, batch_size: int, lr: float,
-        seed: int, device: torch.device) -> FitResult:
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+) -> FitResult:
     """Train `model` with Adam for `epochs`; keep the weights of the epoch with the lowest validation loss."""
     model.to(device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
@@ -95,19 +111,29 @@ def fit(model: nn.Module, train_data: Dataset, val_data: Dataset, *, epochs: int
     best_epoch, best_state = 0, {}
     progress = tqdm(range(1, epochs + 1), desc="train", unit="epoch")
     for epoch in progress:
-        train_loss, train_accuracy = run_epoch(model, tqdm(train_batches, leave=False, delay=1, desc=f"epoch {epoch}"),
-                                               device, optimizer)
+        train_loss, train_accuracy = run_epoch(
+            model, tqdm(train_batches, leave=False, delay=1, desc=f"epoch {epoch}"), device, optimizer
+        )
         val_loss, val_accuracy = run_epoch(model, val_batches, device)
         history.append(EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy))
         if not best_epoch or val_loss < history[best_epoch - 1].val_loss:
             best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
-        progress.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}",
-                             val_acc=f"{val_accuracy:.3f}")
+        progress.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
     return FitResult(history, best_epoch, best_state)
 
 
-def train_classifier(model: Classifier, train_data: Dataset, val_data: Dataset, *, frozen_backbone: bool,
-                     epochs: int, batch_size: int, lr: float, seed: int, device: torch.device) -> FitResult:
+def train_classifier(
+    model: Classifier,
+    train_data: Dataset,
+    val_data: Dataset,
+    *,
+    frozen_backbone: bool,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device,
+) -> FitResult:
     """Train `model` in place and leave it holding its best epoch's weights.
 
     With a frozen backbone, each image's features are computed once and only the head trains on them,
@@ -118,12 +144,19 @@ def train_classifier(model: Classifier, train_data: Dataset, val_data: Dataset, 
         model.backbone.requires_grad_(False)
         train_features = extract_features(model.backbone, train_data, batch_size, device, "features: train")
         val_features = extract_features(model.backbone, val_data, batch_size, device, "features: val")
-        result = fit(model.head, train_features, val_features, epochs=epochs, batch_size=batch_size, lr=lr,
-                     seed=seed, device=device)
+        result = fit(
+            model.head,
+            train_features,
+            val_features,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+        )
         model.head.load_state_dict(result.best_state)
     else:
-        result = fit(model, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                     device=device)
+        result = fit(model, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
         model.load_state_dict(result.best_state)
     return result
 
@@ -133,8 +166,15 @@ def train_from_params(params: Params, train_dir: Path, val_dir: Path) -> tuple[S
     data, train = params.data, params.train
     preprocessing = preprocessing_for(train.model, data.image_size)
     model = create_model(train.model, len(data.classes), data.image_size, pretrained=train.mode != "fromzero")
-    result = train_classifier(model, ImageDataset.from_manifest(train_dir, data.classes, preprocessing),
-                              ImageDataset.from_manifest(val_dir, data.classes, preprocessing),
-                              frozen_backbone=train.mode == "transfer_learning", epochs=train.epochs,
-                              batch_size=train.batch_size, lr=train.lr, seed=train.seed, device=default_device())
+    result = train_classifier(
+        model,
+        ImageDataset.from_manifest(train_dir, data.classes, preprocessing),
+        ImageDataset.from_manifest(val_dir, data.classes, preprocessing),
+        frozen_backbone=train.mode == "transfer_learning",
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        lr=train.lr,
+        seed=train.seed,
+        device=default_device(),
+    )
     return SavedModel(model.cpu().eval(), train.model, data.classes, preprocessing), result

@@ -14,8 +14,14 @@ from imageclf.params import load_params
 @exits_cleanly
 def main(train_dir: str, out_dir: str) -> None:
     params = load_params()
-    make_augmented(Path(train_dir), Path(out_dir), params.data.image_size, params.augment.copies,
-                   params.augment.seed, params.augment.transforms)
+    make_augmented(
+        Path(train_dir),
+        Path(out_dir),
+        params.data.image_size,
+        params.augment.copies,
+        params.augment.seed,
+        params.augment.transforms,
+    )
 
 
 if __name__ == "__main__":

@@ -20,13 +20,16 @@ def main(model_path: str, test_dir: str, metrics_path: str, predictions_path: st
     params = load_params()
     saved = load_model(Path(model_path))
     dataset = ImageDataset.from_manifest(Path(test_dir), saved.classes, saved.preprocessing)
-    probabilities, labels = predict_probabilities(saved.model, dataset, params.evaluate.batch_size,
-                                                  default_device(), "evaluate")
+    probabilities, labels = predict_probabilities(
+        saved.model, dataset, params.evaluate.batch_size, default_device(), "evaluate"
+    )
     actual = [saved.classes[index] for index in labels]
     predicted = [saved.classes[index] for index in probabilities.argmax(axis=1)]
     write_json(Path(metrics_path), classification_metrics(actual, predicted, saved.classes))
-    rows = [{"path": source, "actual": true, "predicted": guess, "confidence": round(float(p.max()), 4)}
-            for source, true, guess, p in zip(dataset.sources, actual, predicted, probabilities, strict=True)]
+    rows = [
+        {"path": source, "actual": true, "predicted": guess, "confidence": round(float(p.max()), 4)}
+        for source, true, guess, p in zip(dataset.sources, actual, predicted, probabilities, strict=True)
+    ]
     write_csv(Path(predictions_path), rows, ["path", "actual", "predicted", "confidence"])
 
 

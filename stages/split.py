@@ -15,8 +15,15 @@ from imageclf.params import load_params
 @exits_cleanly
 def main(out_dir: str, metrics_path: str) -> None:
     params = load_params()
-    counts = make_split(Path(params.data.raw_dir), params.data.classes, params.data.image_size,
-                        params.split.val, params.split.test, params.split.seed, Path(out_dir))
+    counts = make_split(
+        Path(params.data.raw_dir),
+        params.data.classes,
+        params.data.image_size,
+        params.split.val,
+        params.split.test,
+        params.split.seed,
+        Path(out_dir),
+    )
     write_json(Path(metrics_path), counts)
 
 

@@ -19,8 +19,9 @@ def main(train_dir: str, val_dir: str, model_path: str, metrics_path: str, histo
     saved, result = train_from_params(load_params(), Path(train_dir), Path(val_dir))
     save_model(Path(model_path), saved)
     write_json(Path(metrics_path), result.summary())
-    write_csv(Path(history_path), [asdict(epoch) for epoch in result.history],
-              [field.name for field in fields(EpochStats)])
+    write_csv(
+        Path(history_path), [asdict(epoch) for epoch in result.history], [field.name for field in fields(EpochStats)]
+    )
 
 
 if __name__ == "__main__":

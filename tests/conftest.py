@@ -1,0 +1,23 @@
+"""Shared fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import copy_project, dvc_repro, make_image_folder, tiny_params
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    return make_image_folder(tmp_path / "raw")
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project copy on tiny images after one full `dvc repro`; copy it before changing anything."""
+    root = tmp_path_factory.mktemp("pipeline")
+    raw_dir = make_image_folder(root / "raw")
+    project = copy_project(root / "project", **tiny_params(raw_dir))
+    ran, output = dvc_repro(project)
+    assert ran == {"split", "augment", "train", "evaluate"}, output
+    return project

@@ -1,0 +1,80 @@
+"""Test helpers: tiny generated image folders and throwaway copies of the project for real `dvc repro` runs."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import yaml
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+CLASSES = ["cat", "dog", "horse"]
+CLASS_COLOURS = {"cat": (200, 60, 60), "dog": (60, 200, 60), "horse": (60, 60, 200)}
+
+
+def make_image_folder(root: Path, per_class: int = 10, size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    """An ImageFolder of small noisy JPEGs whose colour tells the class, so a model can learn it fast."""
+    rng = np.random.default_rng(seed)
+    for label, colour in CLASS_COLOURS.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            noise = rng.normal(0, 40, (size[1], size[0], 3))
+            pixels = np.clip(np.array(colour) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / label / f"{label}_{index}.jpg", quality=90)
+    return root
+
+
+def project_files() -> list[str]:
+    """The project's files as git sees them (tracked, or untracked and not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split("\n")
+    return [name for name in listed if name and (PROJECT / name).is_file()]
+
+
+def copy_project(destination: Path, **params: object) -> Path:
+    """A fresh git + DVC repository holding the project's code, with `params` (`"train.lr": 0.01`) set."""
+    for name in project_files():
+        if name.startswith(("data/", "metrics/", "models/")) or name == "dvc.lock":
+            continue
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(PROJECT / name, destination / name)
+    subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
+    set_params(destination, **params)
+    return destination
+
+
+def set_params(project: Path, **params: object) -> None:
+    """Set `section.key` values in a project's params.yaml (keyword names use `__` for the dot)."""
+    path = project / "params.yaml"
+    values = yaml.safe_load(path.read_text())
+    for key, value in params.items():
+        section, name = key.split("__", 1)
+        values[section][name] = value
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def tiny_params(raw_dir: Path) -> dict:
+    """Params that make a full pipeline run take seconds."""
+    return {
+        "data__raw_dir": str(raw_dir),
+        "data__image_size": 32,
+        "augment__copies": 1,
+        "train__epochs": 2,
+        "train__batch_size": 8,
+        "evaluate__batch_size": 8,
+    }
+
+
+def dvc_repro(project: Path) -> tuple[set[str], str]:
+    """Run the real `dvc repro`; return the stages it ran and its output."""
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+    return ran, output

@@ -1,0 +1,88 @@
+"""Finding images, the stratified split and the split stage's outputs, on generated images."""
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from imageclf.data import Record, find_images, make_split, read_manifest, split_records
+from imageclf.errors import UserError
+from tests.helpers import CLASSES, make_image_folder
+
+
+def records(per_class: dict[str, int]) -> list[Record]:
+    return [
+        Record(f"{label}/{i}.jpg", label, hashlib.sha256(f"{label}{i}".encode()).hexdigest(), f"raw/{label}/{i}")
+        for label, count in per_class.items()
+        for i in range(count)
+    ]
+
+
+def test_split_is_stratified_disjoint_and_complete() -> None:
+    items = records({"cat": 40, "dog": 20, "horse": 10})
+    splits = split_records(items, val=0.1, test=0.2, seed=1)
+    by_label = {name: [r.label for r in members] for name, members in splits.items()}
+    assert [by_label["test"].count(label) for label in CLASSES] == [8, 4, 2]
+    assert [by_label["val"].count(label) for label in CLASSES] == [4, 2, 1]
+    assert [by_label["train"].count(label) for label in CLASSES] == [28, 14, 7]
+    hashes = [r.sha256 for members in splits.values() for r in members]
+    assert sorted(hashes) == sorted(r.sha256 for r in items)
+
+
+def test_split_depends_on_seed_not_on_file_order() -> None:
+    items = records({"cat": 30, "dog": 30})
+    first = split_records(items, 0.1, 0.1, seed=3)
+    assert split_records(list(reversed(items)), 0.1, 0.1, seed=3) == first
+    assert split_records(items, 0.1, 0.1, seed=4)["test"] != first["test"]
+
+
+def test_a_class_too_small_for_the_split_is_refused() -> None:
+    with pytest.raises(UserError, match=r"class 'dog' has only 2 usable images .*raw/dog.*at least 3"):
+        split_records(records({"cat": 20, "dog": 2}), 0.1, 0.1, seed=0)
+
+
+def test_find_images_names_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=f"data.raw_dir '{tmp_path / 'nowhere'}' is not a folder"):
+        find_images(tmp_path / "nowhere", CLASSES)
+    make_image_folder(tmp_path / "raw", per_class=2)
+    (tmp_path / "raw/other").mkdir()
+    found = find_images(tmp_path / "raw", CLASSES)
+    assert {label: len(paths) for label, paths in found.items()} == {"cat": 2, "dog": 2, "horse": 2}
+    with pytest.raises(UserError, match=f"class folder '{tmp_path / 'raw/cow'}' is missing"):
+        find_images(tmp_path / "raw", [*CLASSES, "cow"])
+    for path in (tmp_path / "raw/horse").iterdir():
+        path.unlink()
+    (tmp_path / "raw/horse/.DS_Store").write_bytes(b"\0")
+    with pytest.raises(UserError, match=f"class folder '{tmp_path / 'raw/horse'}' holds no images"):
+        find_images(tmp_path / "raw", CLASSES)
+
+
+def folder_digest(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def test_make_split_is_reproducible_downscales_and_skips_unreadable_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    raw = make_image_folder(tmp_path / "raw", per_class=10, size=(400, 300))
+    (raw / "dog/broken.jpg").write_bytes(b"not a jpeg at all")
+    (raw / "cat/copy.jpg").write_bytes((raw / "cat/cat_0.jpg").read_bytes())
+    counts = make_split(raw, CLASSES, 64, 0.1, 0.1, 0, tmp_path / "a")
+    assert f"warning: skipped 1 unreadable image(s): {raw / 'dog/broken.jpg'} (" in capsys.readouterr().err
+    assert counts["unreadable"] == 1 and counts["duplicates"] == 1
+    assert counts["images"]["train"] == {"cat": 8, "dog": 8, "horse": 8, "total": 24}
+
+    test_records = read_manifest(tmp_path / "a/test")
+    assert len(test_records) == 3 and {r.label for r in test_records} == set(CLASSES)
+    from PIL import Image
+
+    with Image.open(tmp_path / "a/test" / test_records[0].path) as image:
+        assert min(image.size) == round(64 * 1.15) and image.size[0] > image.size[1]
+
+    make_split(raw, CLASSES, 64, 0.1, 0.1, 0, tmp_path / "b")
+    for name in ("train", "val", "test"):
+        assert folder_digest(tmp_path / "a" / name) == folder_digest(tmp_path / "b" / name)

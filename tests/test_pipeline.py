@@ -1,0 +1,62 @@
+"""The real `dvc repro` on tiny generated images: outputs, and that a change reruns exactly what depends on it."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.helpers import CLASSES, dvc_repro, set_params
+
+ALL_STAGES = {"split", "augment", "train", "evaluate"}
+
+
+def test_repro_writes_every_output(reproduced_project: Path) -> None:
+    project = reproduced_project
+    split = json.loads((project / "metrics/split.json").read_text())
+    assert split["images"]["train"] == {"cat": 8, "dog": 8, "horse": 8, "total": 24}
+    assert split["images"]["val"]["total"] == split["images"]["test"]["total"] == 3
+
+    train = json.loads((project / "metrics/train.json").read_text())
+    assert train["epochs"] == 2 and 1 <= train["best_epoch"] <= 2
+    for epoch in ("best", "last"):
+        assert set(train[epoch]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+    history = (project / "metrics/train_history.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy" and len(history) == 3
+
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    assert 0 <= evaluation["accuracy"] <= 1 and set(evaluation["per_class"]) == set(CLASSES)
+    predictions = (project / "metrics/test_predictions.csv").read_text().splitlines()
+    assert predictions[0] == "path,actual,predicted,confidence" and len(predictions) == 4
+
+    saved = torch.load(project / "models/model.pt", weights_only=True)
+    assert saved["model"] == "efficientnet_lite0" and saved["classes"] == CLASSES and saved["image_size"] == 32
+
+    augmented = list((project / "data/augmented").rglob("*.jpg"))
+    assert len(augmented) == 24 * 2
+
+
+def test_repro_with_nothing_changed_runs_nothing(reproduced_project: Path, tmp_path: Path) -> None:
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    ran, output = dvc_repro(project)
+    assert ran == set(), output
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("train__lr", 0.01, {"train", "evaluate"}),
+        ("augment__copies", 2, {"augment", "train", "evaluate"}),
+        ("evaluate__batch_size", 4, {"evaluate"}),
+        ("split__seed", 7, ALL_STAGES),
+        ("data__image_size", 40, ALL_STAGES),
+    ],
+)
+def test_a_changed_param_reruns_only_what_depends_on_it(
+    reproduced_project: Path, tmp_path: Path, key: str, value: object, expected: set[str]
+) -> None:
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    set_params(project, **{key: value})
+    ran, output = dvc_repro(project)
+    assert ran == expected, output

@@ -139,7 +139,6 @@ def train_classifier(
     With a frozen backbone, each image's features are computed once and only the head trains on them,
     so an epoch costs milliseconds instead of a forward pass over every image.
     """
-    seed_everything(seed)
     if frozen_backbone:
         model.backbone.requires_grad_(False)
         train_features = extract_features(model.backbone, train_data, batch_size, device, "features: train")
@@ -164,6 +163,7 @@ def train_classifier(
 def train_from_params(params: Params, train_dir: Path, val_dir: Path) -> tuple[SavedModel, FitResult]:
     """Build the model `train.model` in `train.mode` and train it on the two manifest folders."""
     data, train = params.data, params.train
+    seed_everything(train.seed)  # before the head is created, so its initial weights are the same every run
     preprocessing = preprocessing_for(train.model, data.image_size)
     model = create_model(train.model, len(data.classes), data.image_size, pretrained=train.mode != "fromzero")
     result = train_classifier(

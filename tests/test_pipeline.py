@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,14 @@ def test_a_changed_param_reruns_only_what_depends_on_it(
     set_params(project, **{key: value})
     ran, output = dvc_repro(project)
     assert ran == expected, output
+
+
+def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project: Path, tmp_path: Path) -> None:
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    outputs = ["models/model.pt", "metrics/train.json", "metrics/train_history.csv"]
+    before = {name: (project / name).read_bytes() for name in outputs}
+    result = subprocess.run(
+        ["dvc", "repro", "--force", "--single-item", "train"], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert {name: (project / name).read_bytes() for name in outputs} == before

@@ -72,3 +72,38 @@ def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project:
     )
     assert result.returncode == 0, result.stderr
     assert {name: (project / name).read_bytes() for name in outputs} == before
+
+
+def git(project: Path, *args: str) -> None:
+    subprocess.run(
+        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+        cwd=project,
+        check=True,
+        capture_output=True,
+    )
+
+
+def test_an_experiment_with_a_changed_param_is_compared_with_the_commit(
+    reproduced_project: Path, tmp_path: Path
+) -> None:
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "baseline")
+    result = subprocess.run(["dvc", "exp", "run", "-S", "train.lr=0.02"], cwd=project, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")}
+    assert ran == {"train", "evaluate"}
+
+    params = json.loads(
+        subprocess.run(
+            ["dvc", "params", "diff", "--json"], cwd=project, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert list(params["params.yaml"]) == ["train.lr"]
+    assert params["params.yaml"]["train.lr"]["old"] == 0.001 and params["params.yaml"]["train.lr"]["new"] == 0.02
+    metrics = json.loads(
+        subprocess.run(
+            ["dvc", "metrics", "diff", "--all", "--json"], cwd=project, capture_output=True, text=True, check=True
+        ).stdout
+    )
+    assert "accuracy" in metrics["metrics/evaluate.json"] and "best_epoch" in metrics["metrics/train.json"]

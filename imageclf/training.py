@@ -139,24 +139,14 @@ def train_classifier(
     With a frozen backbone, each image's features are computed once and only the head trains on them,
     so an epoch costs milliseconds instead of a forward pass over every image.
     """
+    trainable = model
     if frozen_backbone:
         model.backbone.requires_grad_(False)
-        train_features = extract_features(model.backbone, train_data, batch_size, device, "features: train")
-        val_features = extract_features(model.backbone, val_data, batch_size, device, "features: val")
-        result = fit(
-            model.head,
-            train_features,
-            val_features,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-        )
-        model.head.load_state_dict(result.best_state)
-    else:
-        result = fit(model, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
-        model.load_state_dict(result.best_state)
+        train_data = extract_features(model.backbone, train_data, batch_size, device, "features: train")
+        val_data = extract_features(model.backbone, val_data, batch_size, device, "features: val")
+        trainable = model.head
+    result = fit(trainable, train_data, val_data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    trainable.load_state_dict(result.best_state)
     return result
 
 

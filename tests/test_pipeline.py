@@ -1,6 +1,7 @@
 """The real `dvc repro` on tiny generated images: outputs, and that a change reruns exactly what depends on it."""
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -74,22 +75,27 @@ def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project:
     assert {name: (project / name).read_bytes() for name in outputs} == before
 
 
-def git(project: Path, *args: str) -> None:
-    subprocess.run(
-        ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
-        cwd=project,
-        check=True,
-        capture_output=True,
-    )
+def without_git_identity(home: Path) -> dict[str, str]:
+    """An environment with no global git config (like a fresh CI machine), naming an author for commits."""
+    home.mkdir(exist_ok=True)
+    identity = {
+        f"GIT_{role}_{field}": value
+        for role in ("AUTHOR", "COMMITTER")
+        for field, value in (("NAME", "test"), ("EMAIL", "test@example.com"))
+    }
+    return {**os.environ, "HOME": str(home), **identity}
 
 
 def test_an_experiment_with_a_changed_param_is_compared_with_the_commit(
     reproduced_project: Path, tmp_path: Path
 ) -> None:
     project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
-    git(project, "add", "-A")
-    git(project, "commit", "-qm", "baseline")
-    result = subprocess.run(["dvc", "exp", "run", "-S", "train.lr=0.02"], cwd=project, capture_output=True, text=True)
+    env = without_git_identity(tmp_path / "home")
+    subprocess.run(["git", "add", "-A"], cwd=project, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "baseline"], cwd=project, env=env, check=True)
+    result = subprocess.run(
+        ["dvc", "exp", "run", "-S", "train.lr=0.02"], cwd=project, env=env, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     ran = {line.split("'")[1] for line in result.stdout.splitlines() if line.startswith("Running stage '")}
     assert ran == {"train", "evaluate"}

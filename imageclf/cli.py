@@ -33,9 +33,10 @@ def image_paths(targets: list[Path]) -> list[Path]:
 def predict(args: argparse.Namespace) -> int:
     """Print path, predicted class and confidence for each image; a file that cannot be read is reported."""
     saved = load_model(args.model)
+    paths = image_paths(args.paths)
+    width = max(len(str(path)) for path in paths)
     failures = 0
-    width = max(len(str(path)) for path in image_paths(args.paths))
-    for path in image_paths(args.paths):
+    for path in paths:
         try:
             image = open_rgb(path, min_side=saved.preprocessing.image_size)
         except (OSError, SyntaxError, ValueError) as error:

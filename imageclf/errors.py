@@ -1,6 +1,7 @@
 """One-line errors for user mistakes, instead of tracebacks."""
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -30,5 +31,8 @@ def exits_cleanly(main: Callable[..., T]) -> Callable[..., T]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise SystemExit(130) from None
+        except BrokenPipeError:  # output piped into a command that stopped reading, such as `head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(141) from None
 
     return wrapper

@@ -13,7 +13,6 @@ from imageclf.errors import UserError
 from imageclf.files import write_atomic
 from imageclf.images import Preprocessing
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MODEL_FILE_KEYS = {"state_dict", "model", "classes", "image_size", "mean", "std"}
 
 

@@ -74,7 +74,7 @@ def _augment_one(job: tuple[Path, Path, Record, int, int, int]) -> list[Record]:
 
 def make_augmented(
     train_dir: Path, out_dir: Path, image_size: int, copies: int, seed: int, transforms: list[dict]
-) -> int:
+) -> None:
     """Materialise the training set: each image plus `copies` augmented variants, all at the model's input size."""
     build_transform(transforms)  # fail on bad params before any work
     records = read_manifest(train_dir)
@@ -86,4 +86,3 @@ def make_augmented(
         results = tqdm(pool.map(_augment_one, jobs, chunksize=8), total=len(jobs), desc="augment", unit="img")
         written = [record for batch in results for record in batch]
         write_manifest(folder, written)
-    return len(written)

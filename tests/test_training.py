@@ -1,14 +1,32 @@
-"""The training loop: frozen-backbone transfer learning, training from zero, best epoch, determinism."""
+"""The training loop: the three modes, optimizers, schedules, class imbalance, early stopping and convergence."""
 
 import copy
+import dataclasses
+import math
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+from torch.utils.data import TensorDataset
 
 from imageclf.data import ImageDataset, make_split
 from imageclf.models import create_model, preprocessing_for
-from imageclf.training import train_classifier
-from tests.helpers import CLASSES, make_image_folder
+from imageclf.params import OPTIMIZERS, TrainParams, load_params
+from imageclf.training import (
+    Checkpointing,
+    build_sampler,
+    class_weights,
+    fit,
+    parameter_groups,
+    run_fingerprint,
+    train_classifier,
+)
+from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
+
+CPU = torch.device("cpu")
 
 
 def datasets(tmp_path: Path, model: str, image_size: int) -> tuple[ImageDataset, ImageDataset]:
@@ -20,18 +38,20 @@ def datasets(tmp_path: Path, model: str, image_size: int) -> tuple[ImageDataset,
     )
 
 
-def train(model: torch.nn.Module, train_data: ImageDataset, val_data: ImageDataset, frozen: bool, epochs: int = 3):
-    return train_classifier(
-        model,
-        train_data,
-        val_data,
-        frozen_backbone=frozen,
-        epochs=epochs,
-        batch_size=8,
-        lr=0.01,
-        seed=0,
-        device=torch.device("cpu"),
-    )
+def features(count: int, seed: int, learnable: bool = True) -> TensorDataset:
+    """Feature vectors in three clusters, one per class; with `learnable` False the labels are random."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(count) % 3
+    centres = torch.eye(3, 8) * 3
+    vectors = centres[labels] + torch.randn(count, 8, generator=generator)
+    if not learnable:
+        labels = torch.randint(0, 3, (count,), generator=generator)
+    return TensorDataset(vectors, labels)
+
+
+def head() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Dropout(0.0), nn.Linear(8, 3))
 
 
 def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_path: Path) -> None:
@@ -39,10 +59,11 @@ def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_pat
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
     backbone_before = copy.deepcopy(model.backbone.state_dict())
     head_before = copy.deepcopy(model.head.state_dict())
-    result = train(model, train_data, val_data, frozen=True, epochs=4)
+    config = train_config(epochs=4, batch_size=8, lr=0.01, seed=0)
+    result = train_classifier(model, train_data, val_data, config, CPU)
 
     assert all(torch.equal(tensor, backbone_before[name]) for name, tensor in model.backbone.state_dict().items())
-    assert not torch.equal(model.head.weight, head_before["weight"])
+    assert not torch.equal(model.head[1].weight, head_before["1.weight"])
     val_losses = [epoch.val_loss for epoch in result.history]
     assert result.best_epoch == val_losses.index(min(val_losses)) + 1
     assert all(torch.equal(model.head.state_dict()[name], tensor) for name, tensor in result.best_state.items())
@@ -53,13 +74,129 @@ def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_pat
 
 def test_training_from_zero_changes_every_layer_and_is_deterministic(tmp_path: Path) -> None:
     train_data, val_data = datasets(tmp_path, "original", 112)
+    config = train_config(model="original", mode="fromzero", epochs=2, batch_size=8, lr=0.01, seed=0)
     runs = []
     for _ in range(2):
         torch.manual_seed(123)
         model = create_model("original", 3, 112, pretrained=False)
         before = copy.deepcopy(model.state_dict())
-        result = train(model, train_data, val_data, frozen=False, epochs=2)
+        result = train_classifier(model, train_data, val_data, config, CPU)
         changed = [name for name, tensor in model.state_dict().items() if not torch.equal(tensor, before[name])]
         runs.append((result.history, changed))
     assert runs[0][0] == runs[1][0]
     assert len(runs[0][1]) == len(before)
+
+
+def test_fine_tuning_scales_the_backbone_lr_and_warms_up_with_the_backbone_frozen(tmp_path: Path) -> None:
+    train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
+    config = train_config(mode="fine_tuning", epochs=1, batch_size=16, lr=0.01, backbone_lr_scale=0.1)
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
+    backbone_group, head_group = parameter_groups(model, config)
+    assert backbone_group["lr"] == pytest.approx(0.001) and head_group["lr"] == 0.01
+    assert len(backbone_group["params"]) + len(head_group["params"]) == len(list(model.parameters()))
+
+    for warmup_epochs, backbone_changes in ((1, False), (0, True)):
+        torch.manual_seed(0)
+        model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
+        before = copy.deepcopy(model.state_dict())
+        fit(model, train_data, val_data, dataclasses.replace(config, warmup_epochs=warmup_epochs), CPU)
+        after = model.state_dict()
+        changed = {name for name in before if not torch.equal(before[name], after[name])}
+        assert {"head.1.weight", "head.1.bias"} <= changed
+        assert any(name.startswith("backbone.") for name in changed) == backbone_changes
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_each_optimizer_lowers_the_training_loss(optimizer: str) -> None:
+    config = train_config(optimizer=optimizer, nesterov=optimizer == "sgd", lr=0.05, epochs=8, batch_size=16)
+    result = fit(head(), features(90, seed=1), features(30, seed=2), config, CPU)
+    assert result.history[-1].train_loss < 0.5 * result.history[0].train_loss
+
+
+def schedule_config(name: str, **changes: object) -> TrainParams:
+    config = train_config(lr=0.1, epochs=6, batch_size=16)
+    return dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, name=name, **changes))
+
+
+def test_step_and_cosine_schedules_set_each_epochs_learning_rate() -> None:
+    step = fit(head(), features(60, 1), features(30, 2), schedule_config("step", step_size=2, gamma=0.5), CPU)
+    assert [epoch.lr for epoch in step.history] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    cosine = fit(head(), features(60, 1), features(30, 2), schedule_config("cosine"), CPU)
+    expected = [0.05 * (1 + math.cos(math.pi * epoch / 6)) for epoch in range(6)]
+    assert [epoch.lr for epoch in cosine.history] == pytest.approx(expected)
+    constant = fit(head(), features(60, 1), features(30, 2), schedule_config("none"), CPU)
+    assert {epoch.lr for epoch in constant.history} == {0.1}
+
+
+def test_plateau_schedule_lowers_the_rate_only_after_val_loss_stalls() -> None:
+    config = schedule_config("plateau", patience=1, gamma=0.5)
+    no_early_stop = dataclasses.replace(config.early_stopping, patience=0)
+    config = dataclasses.replace(config, epochs=12, early_stopping=no_early_stop)
+    result = fit(head(), features(60, 1), features(30, 2, learnable=False), config, CPU)
+    rates = [epoch.lr for epoch in result.history]
+    assert rates[0] == 0.1 and rates[-1] < 0.1
+    for epoch in range(1, len(rates)):
+        if rates[epoch] < rates[epoch - 1]:
+            losses = [stats.val_loss for stats in result.history[:epoch]]
+            assert min(losses[-2:]) >= min(losses[:-2]), "the rate fell although val loss had just improved"
+
+
+def test_balanced_class_weights_match_scikit_learn() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 146 + [2] * 79)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels.numpy())
+    assert class_weights(labels, 3, train_config(class_weights="balanced")).tolist() == pytest.approx(expected)
+    assert class_weights(labels, 3, train_config(class_weights="none")) is None
+
+
+def test_weighted_sampler_draws_every_class_about_equally() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 146 + [2] * 79)
+    draws = [
+        labels[index]
+        for _ in range(20)
+        for index in build_sampler(labels, train_config(sampler="weighted"), torch.Generator().manual_seed(0))
+    ]
+    shares = torch.bincount(torch.stack(draws)).float() / len(draws)
+    assert shares.tolist() == pytest.approx([1 / 3] * 3, abs=0.03)
+
+
+def test_early_stopping_stops_once_val_loss_has_not_improved_for_patience_epochs() -> None:
+    config = train_config(lr=0.5, epochs=100, batch_size=8)
+    config = dataclasses.replace(config, early_stopping=dataclasses.replace(config.early_stopping, patience=3))
+    result = fit(head(), features(60, 1, learnable=False), features(30, 2, learnable=False), config, CPU)
+    losses = [epoch.val_loss for epoch in result.history]
+    assert len(losses) < 100 and result.stop_reason.startswith("early stopping")
+    assert len(losses) == result.best_epoch + 3
+    assert min(losses[result.best_epoch :]) >= losses[result.best_epoch - 1]
+
+    off = dataclasses.replace(config, epochs=20, early_stopping=dataclasses.replace(config.early_stopping, patience=0))
+    assert len(fit(head(), features(60, 1, False), features(30, 2, False), off, CPU).history) == 20
+
+
+def test_training_stops_when_train_accuracy_has_converged() -> None:
+    config = train_config(lr=0.05, epochs=100, batch_size=16)
+    config = dataclasses.replace(
+        config,
+        early_stopping=dataclasses.replace(config.early_stopping, patience=0),
+        convergence=dataclasses.replace(config.convergence, patience=2),
+    )
+    result = fit(head(), features(90, 1), features(30, 2), config, CPU)
+    accuracies = [epoch.train_accuracy for epoch in result.history]
+    assert len(accuracies) < 100 and result.stop_reason.startswith("converged")
+    assert max(accuracies[-2:]) <= max(accuracies[:-2]) + config.convergence.min_delta
+
+
+def test_a_checkpoint_of_other_params_or_data_is_discarded(tmp_path: Path) -> None:
+    config = train_config(epochs=3, batch_size=16)
+    checkpoint = Checkpointing(tmp_path / "train.pt", every=1, fingerprint="run-a")
+    fit(head(), features(60, 1), features(30, 2), config, CPU, checkpoint)
+    assert checkpoint.load()["history"][-1]["epoch"] == 3
+    assert Checkpointing(tmp_path / "train.pt", every=1, fingerprint="run-b").load() is None
+
+    make_split(make_image_folder(tmp_path / "raw"), CLASSES, 32, 0.1, 0.1, 0, tmp_path / "split")
+    params = load_params(PROJECT / "params.yaml")
+    split = tmp_path / "split"
+    fingerprint = run_fingerprint(params, split / "train", split / "val")
+    assert fingerprint == run_fingerprint(params, split / "train", split / "val")
+    changed_lr = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=0.002))
+    assert run_fingerprint(changed_lr, split / "train", split / "val") != fingerprint
+    assert run_fingerprint(params, split / "val", split / "val") != fingerprint

@@ -1,0 +1,37 @@
+"""The study notes' commands: `imageclf summary` (the model table) and `imageclf regression` (the first lesson)."""
+
+import re
+import subprocess
+from pathlib import Path
+
+from PIL import Image
+
+from imageclf.models import create_model
+from imageclf.regression import fit_line
+
+
+def run(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["imageclf", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout
+
+
+def test_summary_lists_layers_and_counts_trainable_parameters_per_mode() -> None:
+    model = create_model("resnet18", 3, 64, pretrained=False)
+    total, head = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.head.parameters())
+    frozen = run("summary", "--model", "resnet18", "--mode", "transfer_learning", "--image-size", "64")
+    assert f"Total params: {total:,}" in frozen and f"Trainable params: {head:,}" in frozen
+    assert "BasicBlock" in frozen and "Input: 3 × 64 × 64" in frozen
+    tuned = run("summary", "--model", "resnet18", "--mode", "fine_tuning", "--image-size", "64")
+    assert f"Trainable params: {total:,}" in tuned
+    original = run("summary", "--model", "original", "--mode", "fromzero")
+    assert "[1, 16, 222, 222]" in original and "Input: 3 × 224 × 224" in original
+
+
+def test_regression_learns_y_equals_2x_plus_1_and_saves_the_loss_curve(tmp_path: Path) -> None:
+    output = run("regression", "--plot", "loss.png", cwd=tmp_path)
+    weight, bias = map(float, re.search(r"y = ([-\d.]+)·x \+ ([-\d.]+)", output).groups())
+    assert abs(weight - 2) < 0.01 and abs(bias - 1) < 0.01
+    with Image.open(tmp_path / "loss.png") as plot:
+        assert plot.format == "PNG" and plot.width > 300
+
+    weight, _, losses = fit_line(epochs=3, lr=0.02)
+    assert abs(weight - 2) > 0.01 and losses[-1] > 1e-3, "three epochs are not enough: the loop must really learn"

@@ -226,7 +226,7 @@ def rejection(content: bytes, error: Exception) -> tuple[str, str]:
         return "not an image", "Pillow cannot identify it"
     if isinstance(error, Image.DecompressionBombError):  # Pillow's limit: about 179 megapixels
         return "too many pixels", detail
-    if "truncated" in detail or isinstance(error, EOFError):
+    if "truncated" in detail.lower() or isinstance(error, EOFError):
         return "truncated", detail
     return "corrupt", f"{type(error).__name__}: {detail}"
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from imageclf.errors import UserError, exits_cleanly
+from imageclf.fetch import add_fetch_command
 from imageclf.images import is_image_name, open_rgb
 from imageclf.models import load_model
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image file or a folder")
     predict_parser.add_argument("--model", type=Path, default=Path("models/model.pt"), help="the model file")
     predict_parser.set_defaults(run=predict)
+    add_fetch_command(commands)
     return parser
 
 

@@ -271,14 +271,16 @@ def make_split(
     test: float,
     seed: int,
     out_dir: Path,
-    rejected_path: Path,
+    rejected_path: Path | None = None,
 ) -> dict:
     """Check and decode every file once, merge duplicates, split stratified and write `<out_dir>/{train,val,test}`.
 
-    Files that are not usable images and photos found under two classes go to `rejected_path` (a CSV with a
-    reason each) and one warning; exact duplicates are merged and near duplicates kept in one split. Each split
-    folder holds `<class>/<sha256[:16]>.jpg` and a manifest. Returns the counts for split.json.
+    Files that are not usable images and photos found under two classes are listed with a reason in
+    `rejected_path` (default `<out_dir>/rejected.csv`) and summed up in one warning; exact duplicates are merged and
+    near duplicates kept in one split. Each split folder holds `<class>/<sha256[:16]>.jpg` and a manifest.
+    Returns the counts for split.json.
     """
+    rejected_path = Path(rejected_path or Path(out_dir) / "rejected.csv")
     found = find_files(raw_dir, classes)
     rejected = [
         {

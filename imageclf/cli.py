@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from imageclf.errors import UserError, exits_cleanly
+from imageclf.fetch import add_fetch_command
 from imageclf.images import is_image_name, open_rgb
 from imageclf.models import MODELS, load_model
 from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
@@ -93,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     regression_parser.add_argument("--lr", type=float, default=0.02, help="learning rate of plain gradient descent")
     regression_parser.add_argument("--plot", type=Path, default=Path("regression_loss.png"), help="the loss curve PNG")
     regression_parser.set_defaults(run=regression)
+
+    add_fetch_command(commands)
     return parser
 
 

@@ -1,6 +1,7 @@
 """Atomic writes: a file or folder appears complete under its final name, or not at all."""
 
 import csv
+import glob
 import io
 import json
 import os
@@ -40,9 +41,14 @@ def write_csv(path: Path, rows: list[dict], fieldnames: list[str]) -> None:
 
 @contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; when the block succeeds it replaces `path`, else it is removed."""
+    """Yield a temporary folder beside `path`; when the block succeeds it replaces `path`, else it is removed.
+
+    Temporary folders that a killed run left beside `path` are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     temporary = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     temporary.chmod(0o755)
     try:

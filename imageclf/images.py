@@ -9,13 +9,22 @@ import torch
 from PIL import Image, ImageOps
 from torchvision.transforms.v2 import functional
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+# What Pillow may find inside a file with one of those suffixes and this project reads (MPO: phone camera JPEGs).
+IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
+# What operating systems and zip tools leave in photo folders (compared in lower case); names starting with '.' too.
+SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"})
 JPEG_QUALITY = 95
 
 
+def is_hidden(path: Path) -> bool:
+    """Whether `path` is a hidden or system file or folder (`.DS_Store`, macOS `._*` files, `Thumbs.db`)."""
+    return path.name.startswith(".") or path.name.lower() in SYSTEM_FILES
+
+
 def is_image_name(path: Path) -> bool:
-    """Whether `path` has an image file suffix and is not a hidden or macOS resource file."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """Whether `path` has an image file suffix and is not a hidden or system file."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not is_hidden(path)
 
 
 def open_rgb(source: Path | bytes, min_side: int | None = None) -> Image.Image:
@@ -25,9 +34,14 @@ def open_rgb(source: Path | bytes, min_side: int | None = None) -> Image.Image:
     `min_side` (Pillow's draft mode), which is several times faster for large photos.
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        if min_side is not None:
-            image.draft("RGB", (min_side, min_side))
-        return to_rgb(ImageOps.exif_transpose(image))
+        return decode_rgb(image, min_side)
+
+
+def decode_rgb(image: Image.Image, min_side: int | None = None) -> Image.Image:
+    """Fully decode an opened image into an upright RGB image (see `open_rgb`)."""
+    if min_side is not None:
+        image.draft("RGB", (min_side, min_side))
+    return to_rgb(ImageOps.exif_transpose(image))
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

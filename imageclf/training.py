@@ -40,7 +40,7 @@ def extract_features(
     backbone: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, description: str
 ) -> TensorDataset:
     """Run the frozen backbone once over `dataset`; return its (features, labels) as a TensorDataset."""
-    backbone = backbone.eval().to(device, memory_format=torch.channels_last)  # outside inference mode: it may train later
+    backbone = backbone.eval().to(device, memory_format=torch.channels_last)  # outside inference mode: may train later
     features, labels = [], []
     with torch.inference_mode():
         for images, targets in tqdm(DataLoader(dataset, batch_size=batch_size), desc=description, unit="batch"):

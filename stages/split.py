@@ -1,6 +1,6 @@
-"""Stage split: decode each raw image once, downscale it, and split the set stratified into train, val, test.
+"""Stage split: check and decode each raw image once, downscale it, merge duplicates, split stratified.
 
-Usage: python stages/split.py OUT_DIR METRICS_JSON
+Usage: python stages/split.py OUT_DIR REJECTED_CSV METRICS_JSON
 """
 
 import sys
@@ -13,7 +13,7 @@ from imageclf.params import load_params
 
 
 @exits_cleanly
-def main(out_dir: str, metrics_path: str) -> None:
+def main(out_dir: str, rejected_path: str, metrics_path: str) -> None:
     params = load_params()
     counts = make_split(
         Path(params.data.raw_dir),
@@ -23,6 +23,7 @@ def main(out_dir: str, metrics_path: str) -> None:
         params.split.test,
         params.split.seed,
         Path(out_dir),
+        Path(rejected_path),
     )
     write_json(Path(metrics_path), counts)
 

@@ -57,6 +57,11 @@ def test_find_images_names_what_is_missing(tmp_path: Path) -> None:
         find_images(tmp_path / "raw", CLASSES)
 
 
+def warnings_in(stderr: str) -> list[str]:
+    """The warning lines of a run's stderr, without its progress bars."""
+    return [line for line in stderr.replace("\r", "\n").splitlines() if line.startswith("warning:")]
+
+
 def folder_digest(folder: Path) -> dict[str, str]:
     return {
         str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -71,9 +76,11 @@ def test_make_split_is_reproducible_downscales_and_skips_unreadable_files(
     raw = make_image_folder(tmp_path / "raw", per_class=10, size=(400, 300))
     (raw / "dog/broken.jpg").write_bytes(b"not a jpeg at all")
     (raw / "cat/copy.jpg").write_bytes((raw / "cat/cat_0.jpg").read_bytes())
-    counts = make_split(raw, CLASSES, 64, 0.1, 0.1, 0, tmp_path / "a")
-    assert f"warning: skipped 1 unreadable image(s): {raw / 'dog/broken.jpg'} (" in capsys.readouterr().err
-    assert counts["unreadable"] == 1 and counts["duplicates"] == 1
+    counts = make_split(raw, CLASSES, 64, 0.1, 0.1, 0, tmp_path / "a", tmp_path / "a/rejected.csv")
+    assert warnings_in(capsys.readouterr().err) == [
+        f"warning: rejected 1 file(s) (1 not an image): each is listed with its reason in {tmp_path}/a/rejected.csv"
+    ]
+    assert counts["rejected"]["not an image"] == counts["rejected"]["total"] == 1 and counts["exact_duplicates"] == 1
     assert counts["images"]["train"] == {"cat": 8, "dog": 8, "horse": 8, "total": 24}
 
     test_records = read_manifest(tmp_path / "a/test")
@@ -83,6 +90,7 @@ def test_make_split_is_reproducible_downscales_and_skips_unreadable_files(
     with Image.open(tmp_path / "a/test" / test_records[0].path) as image:
         assert min(image.size) == round(64 * 1.15) and image.size[0] > image.size[1]
 
-    make_split(raw, CLASSES, 64, 0.1, 0.1, 0, tmp_path / "b")
+    make_split(raw, CLASSES, 64, 0.1, 0.1, 0, tmp_path / "b", tmp_path / "b/rejected.csv")
+    assert (tmp_path / "a/rejected.csv").read_bytes() == (tmp_path / "b/rejected.csv").read_bytes()
     for name in ("train", "val", "test"):
         assert folder_digest(tmp_path / "a" / name) == folder_digest(tmp_path / "b" / name)

@@ -63,3 +63,38 @@ def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> No
         "batch_size, seed, optimizer, lr, momentum, nesterov, weight_decay, backbone_lr_scale, warmup_epochs, "
         "dropout, label_smoothing, class_weights, sampler, schedule, early_stopping, convergence, checkpoint_every)"
     ]
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("split", "sed", 1, "unknown key 'split.sed' (allowed in split: val, test, seed)"),
+        ("data", "image_size", "224", "'data.image_size' must be int, got '224'"),
+        ("data", "raw_dir", ["data/sample"], "'data.raw_dir' must be str, got ['data/sample']"),
+        ("data", "classes", "cat, dog", "'data.classes' must be a list of str, got 'cat, dog'"),
+        ("data", "classes", ["cat", "cat"], "'data.classes' is ['cat', 'cat']; it needs at least two distinct"),
+        ("split", "val", 0, "'split.val' is 0.0; it must be between 0 and 1"),
+        ("split", "test", 0.9, "'split.test' is 0.9; split.val + split.test must stay below 1 to leave training data"),
+        ("augment", "copies", -1, "'augment.copies' is -1; it must be 0 or more"),
+    ],
+)
+def test_a_bad_data_split_or_augment_value_is_named(
+    tmp_path: Path, section: str, key: str, value: object, message: str
+) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_params(write_params(tmp_path, section, key, value))
+
+
+def test_split_checks_params_before_touching_any_file(tmp_path: Path) -> None:
+    write_params(tmp_path, "data", "raw_dri", "photos")
+    result = subprocess.run(
+        [sys.executable, str(PROJECT / "stages/split.py"), "split", "split/rejected.csv", "split.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: unknown key 'data.raw_dri' (allowed in data: raw_dir, classes, image_size)"
+    ]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]

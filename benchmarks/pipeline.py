@@ -48,8 +48,11 @@ def set_params(params_file: Path, overrides: list[str]) -> dict:
     params = yaml.safe_load(params_file.read_text())
     for override in overrides:
         key, value = override.split("=", 1)
-        section, name = key.split(".", 1)
-        params[section][name] = yaml.safe_load(value)
+        *sections, name = key.split(".")
+        target = params
+        for section in sections:
+            target = target[section]
+        target[name] = yaml.safe_load(value)
     params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     return params
 

@@ -1,10 +1,20 @@
 """Shared fixtures."""
 
+import os
 from pathlib import Path
 
 import pytest
 
+from imageclf.features import CACHE_ENVIRONMENT_VARIABLE
 from tests.helpers import copy_project, dvc_repro, make_image_folder, tiny_params
+
+
+@pytest.fixture(autouse=True, scope="session")
+def feature_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tests, and the `dvc repro` runs they start, keep frozen-backbone features in a throwaway cache."""
+    folder = tmp_path_factory.mktemp("feature-cache")
+    os.environ[CACHE_ENVIRONMENT_VARIABLE] = str(folder)
+    return folder
 
 
 @pytest.fixture

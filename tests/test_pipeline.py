@@ -63,6 +63,8 @@ def test_a_changed_param_reruns_only_what_depends_on_it(
     set_params(project, **{key: value})
     ran, output = dvc_repro(project)
     assert ran == expected, output
+    if key == "train__lr":
+        assert "features of train: 48 images from the cache, 0 computed" in output, output
 
 
 def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project: Path, tmp_path: Path) -> None:

@@ -1,0 +1,49 @@
+"""The feature cache: each image's frozen-backbone features are computed once, and never served stale."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imageclf.data import ImageDataset, make_split
+from imageclf.features import CACHE_ENVIRONMENT_VARIABLE, cached_features, extract_features
+from imageclf.models import create_model, preprocessing_for
+from tests.helpers import CLASSES, make_image_folder
+
+CPU = torch.device("cpu")
+
+
+def test_features_are_computed_once_and_recomputed_exactly_where_an_input_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
+    make_split(make_image_folder(tmp_path / "raw", per_class=4), CLASSES, 32, 0.25, 0.25, 0, tmp_path / "split")
+    dataset = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
+
+    def features(backbone: torch.nn.Module = model.backbone, data: ImageDataset = dataset) -> tuple:
+        result = cached_features("efficientnet_lite0", backbone, data, 4, CPU, "train")
+        return (result.reused, result.computed), result.dataset.tensors[0]
+
+    counts, first = features()
+    assert counts == (0, len(dataset))
+    assert torch.equal(first, extract_features(model.backbone, dataset, 4, CPU, "direct"))
+    counts, again = features()
+    assert counts == (len(dataset), 0) and torch.equal(again, first)
+
+    changed = dataset.paths[0]
+    Image.fromarray(np.full((37, 37, 3), 128, dtype=np.uint8)).save(changed, quality=90)
+    counts, after_edit = features()
+    assert counts == (len(dataset) - 1, 1)
+    assert not torch.equal(after_edit[0], first[0]) and torch.equal(after_edit[1:], first[1:])
+
+    larger = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing_for("efficientnet_lite0", 48))
+    assert features(data=larger)[0] == (0, len(dataset))
+
+    torch.manual_seed(0)
+    other_weights = create_model("efficientnet_lite0", 3, 32, pretrained=False).backbone
+    counts, other = features(backbone=other_weights)
+    assert counts == (0, len(dataset)) and not torch.allclose(other, after_edit)
+    assert features()[0] == (len(dataset), 0), "the first backbone's features are still there"

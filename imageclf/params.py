@@ -15,6 +15,7 @@ SCHEDULES = ("none", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "weighted")
+DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class TrainParams:
     early_stopping: EarlyStoppingParams
     convergence: ConvergenceParams
     checkpoint_every: int
+    device: str
+    amp: bool
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, Weight
 from tqdm import tqdm
 
 from imageclf.data import MANIFEST_NAME, ImageDataset
+from imageclf.device import Precision, loader_options, select_device
 from imageclf.errors import warn
+from imageclf.features import cached_features
 from imageclf.files import write_atomic
 from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
 from imageclf.params import Params, TrainParams
@@ -30,23 +32,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def extract_features(
-    backbone: nn.Module, dataset: Dataset, batch_size: int, device: torch.device, description: str
-) -> TensorDataset:
-    """Run the frozen backbone once over `dataset`; return its (features, labels) as a TensorDataset."""
-    backbone = backbone.eval().to(device, memory_format=torch.channels_last)  # outside inference mode: may train later
-    features, labels = [], []
-    with torch.inference_mode():
-        for images, targets in tqdm(DataLoader(dataset, batch_size=batch_size), desc=description, unit="batch"):
-            features.append(backbone(images.to(device, memory_format=torch.channels_last)).float().cpu())
-            labels.append(targets)
-    return TensorDataset(torch.cat(features), torch.cat(labels))
 
 
 @dataclass
@@ -203,20 +188,27 @@ def run_epoch(
     model: nn.Module,
     batches: Iterable,
     loss_function: nn.Module,
-    device: torch.device,
+    precision: Precision,
     optimizer: torch.optim.Optimizer | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
-    """One pass over `batches`: trains when given an optimizer, else only evaluates. Returns (loss, accuracy)."""
+    """One pass over `batches`: trains when given an optimizer (and its scaler), else only evaluates.
+
+    Returns (loss, accuracy).
+    """
     total_loss, correct, seen = 0.0, 0, 0
+    device = precision.device
     with torch.set_grad_enabled(optimizer is not None):
         for inputs, targets in batches:
-            inputs, targets = inputs.to(device), targets.to(device)
-            logits = model(inputs)
-            loss = loss_function(logits, targets)
-            if optimizer is not None:
+            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            with precision.autocast():
+                logits = model(inputs)
+                loss = loss_function(logits.float(), targets)
+            if optimizer is not None and scaler is not None:
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
             total_loss += loss.item() * len(targets)
             correct += (logits.argmax(dim=1) == targets).sum().item()
             seen += len(targets)
@@ -237,6 +229,8 @@ def fit(
     `checkpointing`, the state is saved every few epochs and a saved state of the same run is resumed.
     """
     model.to(device)
+    precision = Precision(device, config.amp)
+    scaler = precision.grad_scaler()
     train_labels = labels_of(train_data)
     num_classes = int(max(train_labels.max(), labels_of(val_data).max())) + 1
     weights = class_weights(train_labels, num_classes, config)
@@ -247,10 +241,10 @@ def fit(
     optimizer = build_optimizer(parameter_groups(model, config), config)
     scheduler = build_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
-    train_batches = DataLoader(
-        train_data, batch_size=config.batch_size, sampler=build_sampler(train_labels, config, generator)
-    )
-    val_batches = DataLoader(val_data, batch_size=config.batch_size)
+    loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
+    sampler = build_sampler(train_labels, config, generator)
+    train_batches = DataLoader(train_data, batch_size=config.batch_size, sampler=sampler, **loading)
+    val_batches = DataLoader(val_data, batch_size=config.batch_size, **loading)
     monitor = config.early_stopping.monitor
     early_stopping = Plateau(
         config.early_stopping.patience, config.early_stopping.min_delta, higher_is_better=monitor == "val_accuracy"
@@ -263,6 +257,7 @@ def fit(
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        scaler.load_state_dict(saved["scaler"])
         generator.set_state(saved["generator"])
         torch.set_rng_state(saved["rng"])
         early_stopping, convergence = Plateau(**saved["early_stopping"]), Plateau(**saved["convergence"])
@@ -284,11 +279,12 @@ def fit(
             model,
             tqdm(train_batches, leave=False, delay=1, desc=f"epoch {epoch}"),
             train_loss_function,
-            device,
+            precision,
             optimizer,
+            scaler,
         )
         model.eval()
-        val_loss, val_accuracy = run_epoch(model, val_batches, val_loss_function, device)
+        val_loss, val_accuracy = run_epoch(model, val_batches, val_loss_function, precision)
         stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, optimizer.param_groups[-1]["lr"])
         result.history.append(stats)
 
@@ -311,6 +307,7 @@ def fit(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
                     "generator": generator.get_state(),
                     "rng": torch.get_rng_state(),
                     "early_stopping": asdict(early_stopping),
@@ -329,24 +326,29 @@ def fit(
 
 def train_classifier(
     model: Classifier,
-    train_data: Dataset,
-    val_data: Dataset,
+    train_data: ImageDataset,
+    val_data: ImageDataset,
     config: TrainParams,
     device: torch.device,
     checkpointing: Checkpointing | None = None,
 ) -> FitResult:
     """Train `model` in place as `config.mode` says and leave it holding its best epoch's weights.
 
-    In transfer learning the backbone is frozen: each image's features are computed once and only the
-    head trains on them, so an epoch costs milliseconds instead of a forward pass over every image.
+    In transfer learning the backbone is frozen: each image's features come from the feature cache or are
+    computed once, and only the head trains on them, so an epoch costs milliseconds instead of a forward
+    pass over every image.
     """
     trainable: nn.Module = model
+    train_inputs: Dataset = train_data
+    val_inputs: Dataset = val_data
     if config.mode == "transfer_learning":
         model.backbone.requires_grad_(False)
-        train_data = extract_features(model.backbone, train_data, config.batch_size, device, "features: train")
-        val_data = extract_features(model.backbone, val_data, config.batch_size, device, "features: val")
+        train_inputs, val_inputs = (
+            cached_features(config.model, model.backbone, data, config.batch_size, device, name).dataset
+            for data, name in ((train_data, "train"), (val_data, "val"))
+        )
         trainable = model.head
-    result = fit(trainable, train_data, val_data, config, device, checkpointing)
+    result = fit(trainable, train_inputs, val_inputs, config, device, checkpointing)
     trainable.load_state_dict(result.best_state)
     return result
 
@@ -389,7 +391,7 @@ def train_from_params(
         ImageDataset.from_manifest(train_dir, data.classes, preprocessing),
         ImageDataset.from_manifest(val_dir, data.classes, preprocessing),
         train,
-        default_device(),
+        select_device(train.device),
         checkpointing,
     )
     if checkpointing is not None:

@@ -7,12 +7,12 @@ import sys
 from pathlib import Path
 
 from imageclf.data import ImageDataset
+from imageclf.device import select_device
 from imageclf.errors import exits_cleanly
 from imageclf.files import write_csv, write_json
 from imageclf.metrics import classification_metrics, predict_probabilities
 from imageclf.models import load_model
 from imageclf.params import load_params
-from imageclf.training import default_device
 
 
 @exits_cleanly
@@ -21,7 +21,7 @@ def main(model_path: str, test_dir: str, metrics_path: str, predictions_path: st
     saved = load_model(Path(model_path))
     dataset = ImageDataset.from_manifest(Path(test_dir), saved.classes, saved.preprocessing)
     probabilities, labels = predict_probabilities(
-        saved.model, dataset, params.evaluate.batch_size, default_device(), "evaluate"
+        saved.model, dataset, params.evaluate.batch_size, select_device(), "evaluate"
     )
     actual = [saved.classes[index] for index in labels]
     predicted = [saved.classes[index] for index in probabilities.argmax(axis=1)]

@@ -13,6 +13,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from imageclf.data import ImageDataset, make_split
+from imageclf.device import Precision, select_device
+from imageclf.errors import UserError
 from imageclf.models import create_model, preprocessing_for
 from imageclf.params import OPTIMIZERS, TrainParams, load_params
 from imageclf.training import (
@@ -200,3 +202,26 @@ def test_a_checkpoint_of_other_params_or_data_is_discarded(tmp_path: Path) -> No
     changed_lr = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=0.002))
     assert run_fingerprint(changed_lr, split / "train", split / "val") != fingerprint
     assert run_fingerprint(params, split / "val", split / "val") != fingerprint
+
+
+def test_the_device_is_chosen_automatically_and_a_missing_one_is_named() -> None:
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert select_device("auto").type == expected
+    assert select_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match=r"^train.device is 'cuda' but torch finds no CUDA device here"):
+            select_device("cuda")
+
+
+def test_mixed_precision_is_one_code_path_that_only_cuda_switches_on() -> None:
+    cpu = Precision(CPU, enabled=True)
+    assert not cpu.active and not cpu.grad_scaler().is_enabled()
+    results = [
+        fit(head(), features(60, 1), features(30, 2), train_config(amp=amp, epochs=3, batch_size=16), CPU).history
+        for amp in (True, False)
+    ]
+    assert results[0] == results[1]
+    if torch.cuda.is_available():
+        cuda = Precision(torch.device("cuda"), enabled=True)
+        assert cuda.active and cuda.dtype in (torch.bfloat16, torch.float16)
+        assert cuda.grad_scaler().is_enabled() == (cuda.dtype == torch.float16)

@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset, WeightedRandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset, WeightedRandomSampler
 from tqdm import tqdm
 
 from imageclf.data import MANIFEST_NAME, ImageDataset
-from imageclf.device import Precision, loader_options, select_device
-from imageclf.errors import warn
+from imageclf.device import Precision, is_distributed, loader_options, rank, select_device, world_size
+from imageclf.errors import UserError, warn
 from imageclf.features import cached_features
 from imageclf.files import write_atomic
 from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
@@ -194,7 +195,7 @@ def run_epoch(
 ) -> tuple[float, float]:
     """One pass over `batches`: trains when given an optimizer (and its scaler), else only evaluates.
 
-    Returns (loss, accuracy).
+    Returns (loss, accuracy); in training under torchrun, over the batches of every process.
     """
     total_loss, correct, seen = 0.0, 0, 0
     device = precision.device
@@ -212,6 +213,10 @@ def run_epoch(
             total_loss += loss.item() * len(targets)
             correct += (logits.argmax(dim=1) == targets).sum().item()
             seen += len(targets)
+    if optimizer is not None and is_distributed():
+        totals = torch.tensor([total_loss, correct, seen], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        total_loss, correct, seen = totals.tolist()
     return total_loss / seen, correct / seen
 
 
@@ -227,6 +232,8 @@ def fit(
 
     `model` is a whole Classifier, or just a head when training on precomputed features. With
     `checkpointing`, the state is saved every few epochs and a saved state of the same run is resumed.
+    Under torchrun each process trains on its share of every batch (DistributedDataParallel); all of them
+    validate on the whole val set, and only the first saves checkpoints.
     """
     model.to(device)
     precision = Precision(device, config.amp)
@@ -242,8 +249,15 @@ def fit(
     scheduler = build_scheduler(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
-    sampler = build_sampler(train_labels, config, generator)
-    train_batches = DataLoader(train_data, batch_size=config.batch_size, sampler=sampler, **loading)
+    processes = world_size()
+    if processes > 1:
+        if config.sampler == "weighted":
+            raise UserError("train.sampler: weighted does not run under torchrun: use train.class_weights: balanced")
+        sampler = DistributedSampler(train_data, num_replicas=processes, rank=rank(), seed=config.seed)
+    else:
+        sampler = build_sampler(train_labels, config, generator)
+    batch_size = max(1, config.batch_size // processes)  # the same batch in all, however many processes share it
+    train_batches = DataLoader(train_data, batch_size=batch_size, sampler=sampler, **loading)
     val_batches = DataLoader(val_data, batch_size=config.batch_size, **loading)
     monitor = config.early_stopping.monitor
     early_stopping = Plateau(
@@ -263,11 +277,13 @@ def fit(
         early_stopping, convergence = Plateau(**saved["early_stopping"]), Plateau(**saved["convergence"])
         history = [EpochStats(**epoch) for epoch in saved["history"]]
         result = FitResult(history, saved["best_epoch"], saved["best"], saved["stop_reason"])
-        print(f"resuming from the checkpoint of epoch {len(history)} ({checkpointing.path})")
+        if rank() == 0:
+            print(f"resuming from the checkpoint of epoch {len(history)} ({checkpointing.path})")
 
     fine_tuning = isinstance(model, Classifier) and config.mode == "fine_tuning"
     first_epoch = config.epochs + 1 if result.stop_reason else len(result.history) + 1
-    progress = tqdm(range(first_epoch, config.epochs + 1), desc="train", unit="epoch")
+    progress = tqdm(range(first_epoch, config.epochs + 1), desc="train", unit="epoch", disable=rank() != 0)
+    network, network_frozen = model, None
     for epoch in progress:
         backbone_frozen = fine_tuning and epoch <= config.warmup_epochs
         model.train()
@@ -275,8 +291,12 @@ def fit(
             model.backbone.requires_grad_(False).eval()
         elif fine_tuning:
             model.backbone.requires_grad_(True)
+        if processes > 1 and backbone_frozen != network_frozen:  # DDP syncs the parameters that train when wrapped
+            network, network_frozen = DistributedDataParallel(model), backbone_frozen
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
         train_loss, train_accuracy = run_epoch(
-            model,
+            network,
             tqdm(train_batches, leave=False, delay=1, desc=f"epoch {epoch}"),
             train_loss_function,
             precision,
@@ -301,7 +321,10 @@ def fit(
             result.stop_reason = f"early stopping: {monitor} has not improved for {early_stopping.patience} epochs"
         elif convergence.exhausted:
             result.stop_reason = f"converged: train accuracy has not risen for {convergence.patience} epochs"
-        if checkpointing and checkpointing.every and (epoch % checkpointing.every == 0 or result.stop_reason):
+        checkpoint_due = (
+            checkpointing and checkpointing.every and (epoch % checkpointing.every == 0 or result.stop_reason)
+        )
+        if checkpoint_due and rank() == 0:
             checkpointing.save(
                 {
                     "model": model.state_dict(),
@@ -343,10 +366,14 @@ def train_classifier(
     val_inputs: Dataset = val_data
     if config.mode == "transfer_learning":
         model.backbone.requires_grad_(False)
+        if rank() > 0:
+            torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
         train_inputs, val_inputs = (
             cached_features(config.model, model.backbone, data, config.batch_size, device, name).dataset
             for data, name in ((train_data, "train"), (val_data, "val"))
         )
+        if rank() == 0 and is_distributed():
+            torch.distributed.barrier()
         trainable = model.head
     result = fit(trainable, train_inputs, val_inputs, config, device, checkpointing)
     trainable.load_state_dict(result.best_state)
@@ -394,6 +421,6 @@ def train_from_params(
         select_device(train.device),
         checkpointing,
     )
-    if checkpointing is not None:
+    if checkpointing is not None and rank() == 0:
         checkpointing.remove()
     return SavedModel(model.cpu().eval(), train.model, data.classes, preprocessing), result

@@ -3,13 +3,15 @@
 Usage: python stages/train.py TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV CHECKPOINT
 
 CHECKPOINT is where the run keeps its state every `train.checkpoint_every` epochs; a run that was
-killed resumes from it, and it is removed when training ends.
+killed resumes from it, and it is removed when training ends. On several GPUs or machines, start it with
+`torchrun --nproc_per_node=N stages/train.py ...`: the processes share the work and the first writes the outputs.
 """
 
 import sys
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from imageclf.device import process_group, rank
 from imageclf.errors import exits_cleanly
 from imageclf.files import write_csv, write_json
 from imageclf.models import save_model
@@ -19,7 +21,12 @@ from imageclf.training import EpochStats, train_from_params
 
 @exits_cleanly
 def main(train_dir: str, val_dir: str, model_path: str, metrics_path: str, history_path: str, checkpoint: str) -> None:
-    saved, result = train_from_params(load_params(), Path(train_dir), Path(val_dir), Path(checkpoint))
+    params = load_params()
+    with process_group():
+        saved, result = train_from_params(params, Path(train_dir), Path(val_dir), Path(checkpoint))
+        writes_outputs = rank() == 0
+    if not writes_outputs:
+        return
     save_model(Path(model_path), saved)
     write_json(Path(metrics_path), result.summary())
     write_csv(

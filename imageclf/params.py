@@ -10,6 +10,7 @@ from imageclf.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 TRAIN_MODES = ("fromzero", "transfer_learning")
+TTA_MODES = ("squash", "pad", "squash_flip", "crops_flip")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int
+    tta: str
+    gallery_size: int
+    test_images: str
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,7 @@ def _check_values(params: Params, path: Path) -> None:
     _require(train.epochs >= 1, path, "train.epochs", train.epochs, "it must be 1 or more")
     _require(train.batch_size >= 1, path, "train.batch_size", train.batch_size, "it must be 1 or more")
     _require(train.lr > 0, path, "train.lr", train.lr, "it must be greater than 0")
-    _require(
-        params.evaluate.batch_size >= 1, path, "evaluate.batch_size", params.evaluate.batch_size, "it must be 1 or more"
-    )
+    evaluate = params.evaluate
+    _require(evaluate.batch_size >= 1, path, "evaluate.batch_size", evaluate.batch_size, "it must be 1 or more")
+    _require(evaluate.tta in TTA_MODES, path, "evaluate.tta", evaluate.tta, f"allowed: {', '.join(TTA_MODES)}")
+    _require(evaluate.gallery_size >= 0, path, "evaluate.gallery_size", evaluate.gallery_size, "it must be 0 or more")

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from imageclf.errors import exits_cleanly
-from imageclf.params import TTA_MODES
+from imageclf.params import DEFAULT_TTA, TTA_MODES
 
 
 def positive_int(text: str) -> int:
@@ -36,7 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--top-k", type=positive_int, default=3, help="classes to list per image (3)")
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     predict_parser.add_argument(
-        "--tta", choices=TTA_MODES, default="squash", help="test-time views, as evaluate.tta (squash)"
+        "--tta",
+        choices=TTA_MODES,
+        default=DEFAULT_TTA,
+        help=f"test-time views as in evaluate.tta: flip averages the photo and its mirror image ({DEFAULT_TTA})",
     )
     predict_parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (32)")
     predict_parser.set_defaults(run=predict)

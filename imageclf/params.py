@@ -10,7 +10,8 @@ from imageclf.errors import UserError
 
 PARAMS_FILE = Path("params.yaml")
 TRAIN_MODES = ("fromzero", "transfer_learning")
-TTA_MODES = ("squash", "pad", "squash_flip", "crops_flip")
+TTA_MODES = ("flip", "none")  # test-time views: the whole photo and its mirror image, or the whole photo only
+DEFAULT_TTA = "flip"
 
 
 @dataclass(frozen=True)

@@ -23,42 +23,23 @@ from imageclf.models import SavedModel, load_model
 from imageclf.params import TTA_MODES
 from imageclf.training import default_device
 
-PAD_GREY = (128, 128, 128)  # normalises to about 0 with mean = std = 0.5
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
-def pad_to_square(image: Image.Image) -> Image.Image:
-    """The whole image centred on a grey square as wide as its longer side."""
-    side = max(image.size)
-    return ImageOps.pad(image, (side, side), color=PAD_GREY)
-
-
-def side_crops(image: Image.Image) -> list[Image.Image]:
-    """Three squares along the longer side: start, centre and end (left, middle, right of a landscape photo)."""
-    width, height = image.size
-    side = min(width, height)
-    offsets = (0, (max(width, height) - side) // 2, max(width, height) - side)
-    if width >= height:
-        return [image.crop((offset, 0, offset + side, side)) for offset in offsets]
-    return [image.crop((0, offset, side, offset + side)) for offset in offsets]
-
-
 def views(image: Image.Image, tta: str) -> list[Image.Image]:
-    """The images the model sees for one photo under test-time augmentation mode `tta` (see TTA_MODES)."""
-    if tta == "squash":
+    """The images the model sees for one photo under test-time augmentation `tta` (see TTA_MODES).
+
+    Each view is the whole photo, resized to a square later (no crop, so no subject at an edge is lost).
+    """
+    if tta == "none":
         return [image]
-    if tta == "pad":
-        return [pad_to_square(image)]
-    if tta == "squash_flip":
+    if tta == "flip":
         return [image, ImageOps.mirror(image)]
-    if tta == "crops_flip":
-        squares = [image, *side_crops(image)]
-        return squares + [ImageOps.mirror(square) for square in squares]
     raise UserError(f"test-time augmentation '{tta}' is unknown; choices: {', '.join(TTA_MODES)}")
 
 
 @dataclass(frozen=True)
-class TestTimeTransform:
+class ViewTransform:
     """Photo → tensor of shape (views, 3, size, size), each view resized to the model's input square."""
 
     preprocessing: Preprocessing
@@ -84,7 +65,7 @@ class Prediction:
 class ImageFiles(Dataset):
     """Image files as (index, views tensor or None, error message); a file that cannot be decoded is not fatal."""
 
-    def __init__(self, paths: list[Path], transform: TestTimeTransform):
+    def __init__(self, paths: list[Path], transform: ViewTransform):
         self.paths, self.transform = paths, transform
 
     def __len__(self) -> int:
@@ -110,7 +91,7 @@ def predict_files(
     """Class probabilities for each file, in order, `batch_size` files per forward pass."""
     device = device or default_device()
     model = saved.model.eval().to(device, memory_format=torch.channels_last)
-    loader = DataLoader(ImageFiles(paths, TestTimeTransform(saved.preprocessing, tta)), batch_size, collate_fn=list)
+    loader = DataLoader(ImageFiles(paths, ViewTransform(saved.preprocessing, tta)), batch_size, collate_fn=list)
     for batch in tqdm(loader, desc=description, unit="batch", disable=None):
         readable = [(index, tensor) for index, tensor, _ in batch if tensor is not None]
         probabilities = {}

@@ -13,7 +13,7 @@ from PIL import Image
 from imageclf.errors import UserError
 from imageclf.evaluation import load_model_for
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
-from imageclf.predict import label_from_path, pad_to_square, predict_files, side_crops, views
+from imageclf.predict import ViewTransform, label_from_path, predict_files, views
 from tests.helpers import CLASSES, make_image_folder
 
 # A model whose head ignores the image and always favours cat: softmax([1, 0, 0])
@@ -141,8 +141,8 @@ def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) ->
     model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
     saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32))
     paths = sorted(photos.rglob("*.jpg"))
-    batched = list(predict_files(saved, paths, "crops_flip", batch_size=4))
-    single = list(predict_files(saved, paths, "crops_flip", batch_size=1))
+    batched = list(predict_files(saved, paths, "flip", batch_size=4))
+    single = list(predict_files(saved, paths, "flip", batch_size=1))
     assert [p.path for p in batched] == paths
     assert [p.error != "" for p in batched] == [path.name == "broken.jpg" for path in paths]
     for one, other in zip(batched, single, strict=True):
@@ -153,14 +153,15 @@ def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) ->
 
 def test_views_keep_a_subject_at_the_left_edge() -> None:
     photo = Image.new("RGB", (300, 200), (255, 255, 255))
-    photo.paste((255, 0, 0), (0, 80, 30, 120))  # a small red subject at the very left edge
-    assert [len(views(photo, tta)) for tta in ("squash", "pad", "squash_flip", "crops_flip")] == [1, 1, 2, 8]
-    left, centre, right = side_crops(photo)
-    assert left.size == centre.size == right.size == (200, 200)
-    assert np.asarray(left)[100, 5].tolist() == [255, 0, 0] and np.asarray(centre)[100, 5].tolist() == [255] * 3
-    padded = pad_to_square(photo)
-    assert padded.size == (300, 300) and np.asarray(padded)[150, 5].tolist() == [255, 0, 0]
-    assert np.asarray(padded)[10, 150].tolist() == [128, 128, 128]  # grey bands above and below
+    photo.paste((255, 0, 0), (0, 80, 30, 120))  # a small red subject at the very left edge of a 3:2 photo
+    (whole,) = views(photo, "none")
+    assert whole is photo
+    original, mirrored = views(photo, "flip")
+    assert original is photo and mirrored.size == (300, 200)
+    assert np.asarray(mirrored)[100, 295].tolist() == [255, 0, 0] and np.asarray(mirrored)[100, 5].tolist() == [255] * 3
+    squares = ViewTransform(preprocessing_for("efficientnet_lite0", 32), "flip")(photo)
+    assert squares.shape == (2, 3, 32, 32)
+    assert squares[0, :, 16, 1].tolist() == pytest.approx([1.0, -1.0, -1.0], abs=0.1)  # red survives at the edge
     with pytest.raises(UserError, match="test-time augmentation 'zoom' is unknown"):
         views(photo, "zoom")
 

@@ -15,12 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 import yaml
 
-from imageclf.data import ImageDataset
-from imageclf.metrics import predict_probabilities
+from imageclf.data import find_images
 from imageclf.models import load_model
+from imageclf.predict import predict_files
 
 PROJECT = Path(__file__).resolve().parent.parent
 STAGES = ("split", "augment", "train", "evaluate")
@@ -57,11 +56,15 @@ def set_params(params_file: Path, overrides: list[str]) -> dict:
     return params
 
 
-def holdout_accuracy(model_path: Path, folder: Path, classes: list[str]) -> float:
+def holdout_accuracy(model_path: Path, folder: Path, classes: list[str], tta: str) -> float:
     saved = load_model(model_path)
-    dataset = ImageDataset.from_folder(folder, classes, saved.preprocessing)
-    probabilities, labels = predict_probabilities(saved.model, dataset, 64, torch.device("cpu"), "hold-out")
-    return float((probabilities.argmax(axis=1) == labels).mean())
+    found = find_images(folder, classes)
+    paths = [path for label in classes for path in found[label]]
+    labels = [label for label in classes for _ in found[label]]
+    predictions = predict_files(saved, paths, tta, 64, description="hold-out")
+    return sum(classes[p.probabilities.argmax()] == label for p, label in zip(predictions, labels, strict=True)) / len(
+        paths
+    )
 
 
 def main() -> None:
@@ -95,12 +98,12 @@ def main() -> None:
             "val_accuracy": training["best"]["val_accuracy"],
             "best_epoch": training["best_epoch"],
             "test_accuracy": evaluation["accuracy"],
-            "test_macro_f1": evaluation["macro_f1"],
+            "test_macro_f1": evaluation["macro_avg"]["f1"],
         }
         if args.holdout:
             report["holdout"] = str(args.holdout)
             report["holdout_accuracy"] = holdout_accuracy(
-                work / "models/model.pt", args.holdout, params["data"]["classes"]
+                work / "models/model.pt", args.holdout, params["data"]["classes"], params["evaluate"]["tta"]
             )
         misses = [
             line

@@ -1,58 +1,34 @@
 """The `imageclf` command: use a trained model outside the pipeline, inspect models, run the lessons.
 
-imageclf predict photo.jpg more_photos/ [--model models/model.pt]
+imageclf predict photo.jpg more_photos/ [--model models/model.pt] [--top-k 3] [--json]
 imageclf summary [--model resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
+imageclf fetch animals10 --source Animals-10.zip
 """
 
 import argparse
-import sys
 from pathlib import Path
 
-import torch
-
-from imageclf.errors import UserError, exits_cleanly
+from imageclf.errors import exits_cleanly
 from imageclf.fetch import add_fetch_command
-from imageclf.images import is_image_name, open_rgb
-from imageclf.models import MODELS, load_model
-from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
+from imageclf.models import MODELS
+from imageclf.params import DEFAULT_TTA, PARAMS_FILE, TRAIN_MODES, TTA_MODES, load_params
+from imageclf.predict import predict_command
 from imageclf.regression import X, Y, fit_line, save_loss_curve
 from imageclf.summary import model_summary
 
 
-def image_paths(targets: list[Path]) -> list[Path]:
-    """Files as given, and the image files inside folders, recursively."""
-    paths = []
-    for target in targets:
-        if target.is_dir():
-            paths += sorted(path for path in target.rglob("*") if path.is_file() and is_image_name(path))
-        elif target.exists():
-            paths.append(target)
-        else:
-            raise UserError(f"'{target}' does not exist")
-    if not paths:
-        raise UserError(f"no images found in {', '.join(map(str, targets))}")
-    return paths
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of 1 or more."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
 
 
-@torch.inference_mode()
 def predict(args: argparse.Namespace) -> int:
-    """Print path, predicted class and confidence for each image; a file that cannot be read is reported."""
-    saved = load_model(args.model)
-    paths = image_paths(args.paths)
-    width = max(len(str(path)) for path in paths)
-    failures = 0
-    for path in paths:
-        try:
-            image = open_rgb(path, min_side=saved.preprocessing.image_size)
-        except (OSError, SyntaxError, ValueError) as error:
-            print(f"error: cannot read '{path}': {error}", file=sys.stderr)
-            failures += 1
-            continue
-        probabilities = saved.model(saved.preprocessing(image).unsqueeze(0)).softmax(dim=1)[0]
-        confidence, index = probabilities.max(dim=0)
-        print(f"{path!s:<{width}}  {saved.classes[index]:<10}  {confidence.item():.3f}")
-    return 1 if failures else 0
+    """Print each image's class, confidence and top-k (or JSON); with labels, the accuracy and the misses."""
+    return predict_command(args.paths, args.model, args.top_k, args.json, args.tta, args.batch_size)
 
 
 def summary(args: argparse.Namespace) -> int:
@@ -78,9 +54,22 @@ def regression(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imageclf", description="Use a model trained by the DVC pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
-    predict_parser = commands.add_parser("predict", help="classify image files or folders")
+    predict_parser = commands.add_parser(
+        "predict",
+        help="classify image files or folders",
+        description="Classify images; in class folders or named <class>_*.jpg, also print the accuracy and misses.",
+    )
     predict_parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image file or a folder")
     predict_parser.add_argument("--model", type=Path, default=Path("models/model.pt"), help="the model file")
+    predict_parser.add_argument("--top-k", type=positive_int, default=3, help="classes to list per image (3)")
+    predict_parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    predict_parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default=DEFAULT_TTA,
+        help=f"test-time views as in evaluate.tta: flip averages the photo and its mirror image ({DEFAULT_TTA})",
+    )
+    predict_parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (32)")
     predict_parser.set_defaults(run=predict)
 
     summary_parser = commands.add_parser("summary", help="print a model's layers, parameters and input size")

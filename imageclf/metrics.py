@@ -1,41 +1,58 @@
-"""Classification metrics (scikit-learn) and the predictions behind them."""
+"""Classification metrics, confusion matrices and precision-recall curves, all computed by scikit-learn."""
 
 import numpy as np
-import torch
-from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
+from sklearn.metrics import (
+    average_precision_score,
+    classification_report,
+    confusion_matrix,
+    precision_recall_curve,
+)
 
-from imageclf.models import Classifier
-
-
-@torch.inference_mode()
-def predict_probabilities(
-    model: Classifier, dataset: Dataset, batch_size: int, device: torch.device, description: str = "predict"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax probabilities for every item of `dataset`, and the items' labels."""
-    model = model.eval().to(device, memory_format=torch.channels_last)
-    probabilities, labels = [], []
-    for images, targets in tqdm(DataLoader(dataset, batch_size=batch_size), desc=description, unit="batch"):
-        logits = model(images.to(device, memory_format=torch.channels_last))
-        probabilities.append(logits.float().softmax(dim=1).cpu())
-        labels.append(targets)
-    return torch.cat(probabilities).numpy(), torch.cat(labels).numpy()
+SCORES = ("precision", "recall", "f1")
 
 
-def classification_metrics(true: list[str], predicted: list[str], classes: list[str]) -> dict:
-    """Accuracy, per-class precision, recall, F1 and support, and macro F1."""
-    precision, recall, f1, support = precision_recall_fscore_support(true, predicted, labels=classes, zero_division=0)
+def classification_metrics(true: list[str], probabilities: np.ndarray, classes: list[str]) -> dict:
+    """Accuracy; precision, recall, F1, support and average precision per class; macro and weighted averages.
+
+    `probabilities` has one row per image and one column per class; the prediction is the most probable class.
+    """
+    predicted = [classes[index] for index in probabilities.argmax(axis=1)]
+    report = classification_report(true, predicted, labels=classes, output_dict=True, zero_division=0)
+
+    def scores(row: dict) -> dict:
+        return {name: float(row[f"{name}-score" if name == "f1" else name]) for name in SCORES}
+
     return {
-        "accuracy": float(accuracy_score(true, predicted)),
-        "macro_f1": float(f1_score(true, predicted, labels=classes, average="macro", zero_division=0)),
+        "accuracy": float(np.mean(np.array(true) == np.array(predicted))),
+        "images": len(true),
+        "macro_avg": scores(report["macro avg"]),
+        "weighted_avg": scores(report["weighted avg"]),
         "per_class": {
             label: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
+                **scores(report[label]),
+                "support": int(report[label]["support"]),
+                "average_precision": float(average_precision_score(np.array(true) == label, probabilities[:, index])),
             }
-            for i, label in enumerate(classes)
+            for index, label in enumerate(classes)
         },
     }
+
+
+def confusion_matrices(true: list[str], predicted: list[str], classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The confusion matrix (rows: true class, columns: predicted class) in counts and normalised per true class."""
+    counts = confusion_matrix(true, predicted, labels=classes)
+    normalised = confusion_matrix(true, predicted, labels=classes, normalize="true")
+    return counts, np.nan_to_num(normalised)
+
+
+def precision_recall_curves(true: list[str], probabilities: np.ndarray, classes: list[str]) -> dict[str, list[dict]]:
+    """One-vs-rest precision-recall curve per class: rows of precision, recall and the probability threshold."""
+    curves = {}
+    for index, label in enumerate(classes):
+        is_label = np.array(true) == label
+        precision, recall, thresholds = precision_recall_curve(is_label, probabilities[:, index])
+        curves[label] = [
+            {"recall": float(r), "precision": float(p), "threshold": float(t)}
+            for p, r, t in zip(precision, recall, [*thresholds, 1.0], strict=True)
+        ]
+    return curves

@@ -16,6 +16,8 @@ MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "weighted")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+TTA_MODES = ("flip", "none")  # test-time views: the whole photo and its mirror image, or the whole photo only
+DEFAULT_TTA = "flip"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,9 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     batch_size: int
+    tta: str
+    gallery_size: int
+    test_images: str
 
 
 @dataclass(frozen=True)
@@ -186,9 +191,10 @@ def _check_values(params: Params, path: Path) -> None:
             "each entry must be one albumentations transform name with its arguments, e.g. 'HorizontalFlip: {p: 0.5}'",
         )
     _check_train(train, path)
-    _require(
-        params.evaluate.batch_size >= 1, path, "evaluate.batch_size", params.evaluate.batch_size, "it must be 1 or more"
-    )
+    evaluate = params.evaluate
+    _require(evaluate.batch_size >= 1, path, "evaluate.batch_size", evaluate.batch_size, "it must be 1 or more")
+    _one_of(evaluate.tta, TTA_MODES, path, "evaluate.tta")
+    _require(evaluate.gallery_size >= 0, path, "evaluate.gallery_size", evaluate.gallery_size, "it must be 0 or more")
 
 
 def _one_of(value: str, choices: tuple[str, ...], path: Path, key: str) -> None:
@@ -254,3 +260,4 @@ def _check_train(train: TrainParams, path: Path) -> None:
         _require(section.patience >= 0, path, f"train.{key}.patience", section.patience, "it must be 0 (off) or more")
         _require(section.min_delta >= 0, path, f"train.{key}.min_delta", section.min_delta, "it must be 0 or more")
     _require(train.checkpoint_every >= 0, path, "train.checkpoint_every", train.checkpoint_every, "0 (off) or more")
+    _one_of(train.device, DEVICES, path, "train.device")

@@ -1,0 +1,64 @@
+"""Accuracy and speed of each test-time preprocessing (evaluate.tta) with one trained model.
+
+    python benchmarks/preprocessing.py --model models/model.pt --split data/split/test \\
+        --folder ../shared/data/animals10-sample
+
+--split is a split folder with a manifest (labels from it); --folder a labelled folder (class folders or
+<class>_name.jpg files). Prints one JSON object per mode and data set: accuracy, misses and images per second.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from imageclf.data import read_manifest
+from imageclf.models import load_model
+from imageclf.params import TTA_MODES
+from imageclf.predict import find_images, label_from_path, predict_files
+
+
+def labelled_files(args: argparse.Namespace, classes: list[str]) -> dict[str, tuple[list[Path], list[str]]]:
+    sets = {}
+    for folder in args.split:
+        records = read_manifest(folder)
+        sets[str(folder)] = ([folder / record.path for record in records], [record.label for record in records])
+    for folder in args.folder:
+        found, _ = find_images([folder])
+        sets[str(folder)] = ([path for path, _ in found], [label_from_path(path, folder, classes) for path, _ in found])
+    return sets
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
+    parser.add_argument("--split", type=Path, action="append", default=[], help="a split folder with a manifest")
+    parser.add_argument("--folder", type=Path, action="append", default=[], help="a labelled image folder")
+    parser.add_argument("--tta", nargs="+", choices=TTA_MODES, default=list(TTA_MODES))
+    parser.add_argument("--batch-size", type=int, default=32)
+    args = parser.parse_args()
+    saved = load_model(args.model)
+    for name, (paths, labels) in labelled_files(args, saved.classes).items():
+        for tta in args.tta:
+            start = time.perf_counter()
+            predictions = list(predict_files(saved, paths, tta, args.batch_size, description=f"{tta} {name}"))
+            seconds = time.perf_counter() - start
+            predicted = [saved.classes[prediction.probabilities.argmax()] for prediction in predictions]
+            misses = [
+                f"{path.name}: {label} -> {guess}"
+                for path, label, guess in zip(paths, labels, predicted, strict=True)
+                if label != guess
+            ]
+            report = {
+                "data": name,
+                "tta": tta,
+                "images": len(paths),
+                "accuracy": round(1 - len(misses) / len(paths), 4),
+                "misses": misses,
+                "images_per_second": round(len(paths) / seconds, 1),
+            }
+            print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The evaluate stage's work: score the test split (and an optional labelled folder), write metrics, plots, report."""
+
+from pathlib import Path
+
+import numpy as np
+
+from imageclf.data import read_manifest
+from imageclf.errors import UserError, warn
+from imageclf.files import write_csv, write_json
+from imageclf.metrics import classification_metrics, confusion_matrices, precision_recall_curves
+from imageclf.models import SavedModel, load_model
+from imageclf.params import Params
+from imageclf.predict import find_images, labelled_accuracy, labelled_result, predict_files
+from imageclf.reports import (
+    Miss,
+    plot_confusion,
+    plot_gallery,
+    plot_precision_recall,
+    plot_training_curves,
+    write_report,
+)
+
+# What evaluate writes into its output folder (the paths dvc.yaml declares).
+METRICS_FILE = "evaluate.json"
+PREDICTIONS_FILE = "test_predictions.csv"
+PRECISION_RECALL_DIR = "precision_recall"
+TEST_IMAGES_FILE = "test_images.json"
+PLOTS_DIR = "plots"
+REPORT_FILE = "report.md"
+
+
+def load_model_for(model_path: Path, classes: list[str]) -> SavedModel:
+    """The model file, refused with one line when it was trained for other classes than `data.classes`."""
+    saved = load_model(model_path)
+    if saved.classes != classes:
+        raise UserError(
+            f"model '{model_path}' was trained for classes {saved.classes}, but data.classes is {classes}: "
+            "retrain it with dvc repro"
+        )
+    return saved
+
+
+def score_test_images(saved: SavedModel, folder: Path, params: Params) -> dict:
+    """Accuracy on a labelled folder (class folders or `<class>_name.jpg` files); unreadable files are warned about."""
+    if not folder.is_dir():
+        raise UserError(f"evaluate.test_images '{folder}' is not a folder: fix the path or set it to \"\"")
+    found, errors = find_images([folder])
+    for error in errors:
+        warn(error)
+    results = []
+    for prediction in predict_files(
+        saved, [path for path, _ in found], params.evaluate.tta, params.evaluate.batch_size, description="test_images"
+    ):
+        if prediction.probabilities is None:
+            warn(f"cannot read '{prediction.path}': {prediction.error}")
+        else:
+            results.append(labelled_result(prediction, folder, saved.classes))
+    return {"folder": str(folder), **labelled_accuracy(results), "unreadable": len(found) - len(results)}
+
+
+def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:
+    """Write metrics, predictions, precision-recall curves, pictures and the report into `out_dir`."""
+    classes = params.data.classes
+    saved = load_model_for(model_path, classes)
+    records = read_manifest(test_dir)
+    images = [test_dir / record.path for record in records]
+    predictions = list(
+        predict_files(saved, images, params.evaluate.tta, params.evaluate.batch_size, description="evaluate")
+    )
+    unreadable = [prediction for prediction in predictions if prediction.probabilities is None]
+    if unreadable:
+        raise UserError(f"cannot read '{unreadable[0].path}' ({unreadable[0].error}): rerun the split stage")
+    probabilities = np.stack([prediction.probabilities for prediction in predictions])
+    true = [record.label for record in records]
+    predicted = [classes[index] for index in probabilities.argmax(axis=1)]
+    confidence = probabilities.max(axis=1)
+
+    metrics = classification_metrics(true, probabilities, classes)
+    write_json(out_dir / METRICS_FILE, metrics)
+    write_csv(
+        out_dir / PREDICTIONS_FILE,
+        [
+            {"path": record.source, "actual": actual, "predicted": guess, "confidence": round(float(p), 4)}
+            for record, actual, guess, p in zip(records, true, predicted, confidence, strict=True)
+        ],
+        ["path", "actual", "predicted", "confidence"],
+    )
+    curves = precision_recall_curves(true, probabilities, classes)
+    for label, rows in curves.items():
+        write_json(out_dir / PRECISION_RECALL_DIR / f"{label}.json", rows)
+
+    test_images = (
+        score_test_images(saved, Path(params.evaluate.test_images), params) if params.evaluate.test_images else {}
+    )
+    write_json(out_dir / TEST_IMAGES_FILE, test_images)
+
+    plots = out_dir / PLOTS_DIR
+    pictures = {
+        "Confusion matrix": plots / "confusion_matrix.png",
+        "Misclassified test images": plots / "misclassified.png",
+        "Precision-recall curves": plots / "precision_recall.png",
+        "Training curves": plots / "training_curves.png",
+    }
+    plot_confusion(*confusion_matrices(true, predicted, classes), classes, pictures["Confusion matrix"])
+    misses = sorted(
+        (
+            Miss(image, Path(record.source).name, actual, guess, float(p))
+            for image, record, actual, guess, p in zip(images, records, true, predicted, confidence, strict=True)
+            if actual != guess
+        ),
+        key=lambda miss: -miss.confidence,
+    )
+    plot_gallery(misses[: params.evaluate.gallery_size], len(records), pictures["Misclassified test images"])
+    average_precision = {label: row["average_precision"] for label, row in metrics["per_class"].items()}
+    plot_precision_recall(curves, average_precision, pictures["Precision-recall curves"])
+    plot_training_curves(history_path, pictures["Training curves"])
+    write_report(out_dir / REPORT_FILE, params, metrics, test_images, pictures)
+    return metrics

@@ -1,0 +1,111 @@
+"""The evaluate stage after a real `dvc repro`: metrics, the declared plots, pictures, report, a labelled folder."""
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from imageclf.errors import UserError
+from imageclf.params import load_params
+from tests.helpers import CLASSES, PROJECT, dvc_repro, make_image_folder, set_params
+
+PICTURES = ("confusion_matrix", "misclassified", "precision_recall", "training_curves")
+
+
+def test_metrics_json_holds_accuracy_per_class_scores_and_averages(reproduced_project: Path) -> None:
+    metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
+    assert set(metrics) == {"accuracy", "images", "macro_avg", "weighted_avg", "per_class"}
+    assert metrics["images"] == 3 and set(metrics["per_class"]) == set(CLASSES)
+    for row in metrics["per_class"].values():
+        assert set(row) == {"precision", "recall", "f1", "support", "average_precision"} and row["support"] == 1
+    rows = (reproduced_project / "metrics/test_predictions.csv").read_text().splitlines()[1:]
+    assert metrics["accuracy"] == sum(row.split(",")[1] == row.split(",")[2] for row in rows) / 3
+    assert json.loads((reproduced_project / "metrics/test_images.json").read_text()) == {}
+
+
+def test_dvc_plots_show_finds_every_declared_plot_with_its_fields(reproduced_project: Path) -> None:
+    result = subprocess.run(
+        ["dvc", "plots", "show", "--json"], cwd=reproduced_project, capture_output=True, text=True, check=True
+    )
+    report = json.loads(result.stdout)
+    assert "errors" not in report
+    plots = report["data"]
+    fields = {
+        "loss": {"epoch", "train_loss", "val_loss"},
+        "accuracy": {"epoch", "train_accuracy", "val_accuracy"},
+        "confusion": {"actual", "predicted"},
+        "confusion_normalised": {"actual", "predicted"},
+        **{f"metrics/precision_recall/{label}.json": {"recall", "precision", "threshold"} for label in CLASSES},
+    }
+    for name, expected in fields.items():
+        (plot,) = plots[name]
+        values = plot["content"]["data"]["values"]
+        assert plot["type"] == "vega" and values and expected <= set(values[0]), name
+    for picture in PICTURES:
+        (plot,) = plots[f"metrics/plots/{picture}.png"]
+        assert plot["type"] == "image"
+        with Image.open(reproduced_project / f"metrics/plots/{picture}.png") as image:
+            assert image.format == "PNG" and min(image.size) >= 100
+
+
+def test_report_links_the_pictures_and_lists_metrics_and_params(reproduced_project: Path) -> None:
+    report = (reproduced_project / "metrics/report.md").read_text()
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert sorted(links) == sorted(f"plots/{picture}.png" for picture in PICTURES)
+    assert all((reproduced_project / "metrics" / link).is_file() for link in links)
+    metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
+    assert f"Accuracy: **{100 * metrics['accuracy']:.2f} %** on 3 images." in report
+    for label in CLASSES:
+        assert f"| {label} | {metrics['per_class'][label]['precision']:.3f} |" in report
+    assert "| `evaluate.tta` | `'flip'` |" in report and "| `data.image_size` | `32` |" in report
+
+
+def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project: Path, tmp_path: Path) -> None:
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    photos = make_image_folder(tmp_path / "photos", per_class=2, size=(90, 60), seed=3)
+    (photos / "horse/broken.png").write_bytes(b"\x89PNG broken")
+    set_params(project, evaluate__test_images=str(photos), evaluate__gallery_size=1)
+    ran, output = dvc_repro(project)
+    assert ran == {"evaluate"}, output
+    assert f"warning: cannot read '{photos / 'horse/broken.png'}'" in output
+    scored = json.loads((project / "metrics/test_images.json").read_text())
+    assert scored["images"] == scored["labelled"] == 6 and scored["unreadable"] == 1
+    assert scored["correct"] == 6 - len(scored["misses"]) and scored["accuracy"] == scored["correct"] / 6
+    for miss in scored["misses"]:
+        assert Path(miss["path"]).parent.name == miss["true"] != miss["predicted"]
+    assert f"Labelled folder `{photos}`: accuracy" in (project / "metrics/report.md").read_text()
+
+
+def write_evaluate_params(tmp_path: Path, **values: object) -> Path:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["evaluate"].update(values)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tta": "crops"}, "'evaluate.tta' is 'crops'; allowed: flip, none"),
+        ({"gallery_size": -1}, "'evaluate.gallery_size' is -1; it must be 0 or more"),
+        ({"test_images": None}, "'evaluate.test_images' must be str, got None"),
+        ({"batch_size": 0}, "'evaluate.batch_size' is 0; it must be 1 or more"),
+    ],
+)
+def test_bad_evaluate_params_are_named(tmp_path: Path, values: dict, message: str) -> None:
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_params(write_evaluate_params(tmp_path, **values))
+
+
+def test_a_missing_test_images_folder_stops_evaluate_with_one_line(reproduced_project: Path, tmp_path: Path) -> None:
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    set_params(project, evaluate__test_images="no_such_folder")
+    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "error: evaluate.test_images 'no_such_folder' is not a folder" in result.stdout + result.stderr

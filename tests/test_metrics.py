@@ -1,0 +1,52 @@
+"""Metrics against values computed by hand on a fixed set of six predictions."""
+
+import numpy as np
+import pytest
+
+from imageclf.metrics import classification_metrics, confusion_matrices, precision_recall_curves
+from tests.helpers import CLASSES
+
+TRUE = ["cat", "cat", "cat", "dog", "dog", "horse"]
+# predicted: cat, cat, dog, dog, horse, horse
+PROBABILITIES = np.array(
+    [
+        [0.8, 0.1, 0.1],
+        [0.6, 0.3, 0.1],
+        [0.3, 0.6, 0.1],
+        [0.2, 0.7, 0.1],
+        [0.1, 0.4, 0.5],
+        [0.1, 0.2, 0.7],
+    ]
+)
+
+
+def test_accuracy_per_class_scores_and_averages() -> None:
+    metrics = classification_metrics(TRUE, PROBABILITIES, CLASSES)
+    assert metrics["accuracy"] == pytest.approx(4 / 6) and metrics["images"] == 6
+    # cat: 2 of 3 found, no false alarm; dog: 1 of 2 found, 1 false alarm (a cat); horse: 1 of 1, 1 false alarm
+    expected = {
+        "cat": {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3, "average_precision": 1.0},
+        "dog": {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2, "average_precision": 0.5 + 0.5 * 2 / 3},
+        "horse": {"precision": 0.5, "recall": 1.0, "f1": 2 / 3, "support": 1, "average_precision": 1.0},
+    }
+    assert metrics["per_class"] == {label: pytest.approx(row) for label, row in expected.items()}
+    assert metrics["macro_avg"] == pytest.approx({"precision": 2 / 3, "recall": 13 / 18, "f1": (0.8 + 0.5 + 2 / 3) / 3})
+    assert metrics["weighted_avg"] == pytest.approx(
+        {"precision": (3 + 1 + 0.5) / 6, "recall": 4 / 6, "f1": (3 * 0.8 + 2 * 0.5 + 2 / 3) / 6}
+    )
+
+
+def test_confusion_matrices_count_and_normalise_per_true_class() -> None:
+    predicted = [CLASSES[i] for i in PROBABILITIES.argmax(axis=1)]
+    counts, normalised = confusion_matrices(TRUE, predicted, CLASSES)
+    assert counts.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert normalised == pytest.approx(np.array([[2 / 3, 1 / 3, 0], [0, 0.5, 0.5], [0, 0, 1]]))
+
+
+def test_precision_recall_curve_of_each_class() -> None:
+    curves = precision_recall_curves(TRUE, PROBABILITIES, CLASSES)
+    assert list(curves) == CLASSES
+    assert all(set(row) == {"recall", "precision", "threshold"} for rows in curves.values() for row in rows)
+    # dog scores, highest first: 0.7 dog, 0.6 cat, 0.4 dog, 0.3 cat, 0.2 horse, 0.1 cat
+    dog = {(round(row["recall"], 4), round(row["precision"], 4)) for row in curves["dog"]}
+    assert {(0.0, 1.0), (0.5, 1.0), (0.5, 0.5), (1.0, round(2 / 3, 4)), (1.0, 0.5), (1.0, 0.4), (1.0, 0.3333)} == dog

@@ -1,0 +1,180 @@
+"""`imageclf predict` and the prediction code path it shares with evaluate, run as a user would."""
+
+import json
+import math
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imageclf.errors import UserError
+from imageclf.evaluation import load_model_for
+from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
+from imageclf.predict import ViewTransform, label_from_path, predict_files, views
+from tests.helpers import CLASSES, make_image_folder
+
+# A model whose head ignores the image and always favours cat: softmax([1, 0, 0])
+CAT_CONFIDENCE = math.e / (math.e + 2)
+
+
+def save_always_cat(path: Path) -> Path:
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
+    with torch.no_grad():
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
+    save_model(path, SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def always_cat(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_always_cat(tmp_path_factory.mktemp("model") / "model.pt")
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["imageclf", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def save_every_mode(folder: Path) -> list[str]:
+    """One file for each format and mode that phones and the web produce."""
+    folder.mkdir(parents=True)
+    palette = Image.new("P", (50, 30), 3)
+    palette.putpalette([40, 90, 200] * 256)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    images = {
+        "rgb.jpg": (Image.new("RGB", (60, 40), (200, 60, 60)), {}),
+        "rgba.png": (Image.new("RGBA", (40, 60), (10, 200, 30, 100)), {}),
+        "palette.png": (palette, {}),
+        "gray.png": (Image.new("L", (30, 30), 120), {}),
+        "gray_alpha.png": (Image.new("LA", (30, 30), (90, 50)), {}),
+        "cmyk.jpg": (Image.new("CMYK", (50, 40), (0, 255, 255, 0)), {}),
+        "sixteen_bit.png": (Image.fromarray(np.full((40, 30), 40000, dtype=np.uint16)), {}),
+        "photo.webp": (Image.new("RGB", (64, 48), (20, 20, 220)), {}),
+        "bitmap.bmp": (Image.new("RGB", (30, 45), (220, 220, 20)), {}),
+        "rotated.jpg": (Image.new("RGB", (60, 40), (200, 100, 50)), {"exif": exif.tobytes()}),
+    }
+    for name, (image, options) in images.items():
+        image.save(folder / name, **options)
+    return sorted(images)
+
+
+def test_every_mode_is_predicted_and_json_probabilities_sum_to_one(tmp_path: Path, always_cat: Path) -> None:
+    names = save_every_mode(tmp_path / "photos")
+    result = run("predict", "photos", "--model", str(always_cat), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert sorted(Path(row["path"]).name for row in rows) == names
+    for row in rows:
+        assert set(row) == {"path", "label", "confidence", "probabilities"}
+        assert row["label"] == "cat" and row["confidence"] == pytest.approx(CAT_CONFIDENCE, abs=1e-5)
+        assert list(row["probabilities"]) == CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
+
+
+def test_table_shows_top_k_and_a_corrupt_file_gives_one_error(tmp_path: Path, always_cat: Path) -> None:
+    photos = make_image_folder(tmp_path / "photos", per_class=2)
+    (photos / "dog/broken.jpg").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    result = run("predict", "photos", "empty", "--model", str(always_cat), "--top-k", "2", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "error: 'empty' holds no image files (.jpg, .png, .webp, .bmp, ...)",
+        "error: cannot read 'photos/dog/broken.jpg': "
+        "UnidentifiedImageError: cannot identify image file 'photos/dog/broken.jpg'",
+    ]
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["path", "class", "confidence", "top-2"]
+    rows = [line.split() for line in lines[1:7]]
+    assert [row[0] for row in rows] == [f"photos/{label}/{label}_{i}.jpg" for label in CLASSES for i in range(2)]
+    other = (1 - CAT_CONFIDENCE) / 2
+    for row in rows:
+        assert row[1:] == ["cat", f"{CAT_CONFIDENCE:.3f}", "cat", f"{CAT_CONFIDENCE:.3f}", "dog", f"{other:.3f}"]
+
+
+def test_accuracy_and_misses_from_class_folders(tmp_path: Path, always_cat: Path) -> None:
+    photos = make_image_folder(tmp_path / "photos", per_class=2)
+    for path in photos.rglob("*.jpg"):
+        path.rename(path.with_name(f"photo{path.stem[-1]}.jpg"))  # labels only from the folders
+    result = run("predict", "photos", "--model", str(always_cat), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = result.stdout.splitlines()[7:]
+    assert summary[0] == "accuracy: 33.3% (2/6 labelled images)"
+    assert sorted(summary[1:]) == [
+        f"miss: photos/{label}/photo{i}.jpg  true {label}, predicted cat ({CAT_CONFIDENCE:.3f})"
+        for label in ("dog", "horse")
+        for i in range(2)
+    ]
+
+
+def test_accuracy_from_file_names_with_json_on_stderr(tmp_path: Path, always_cat: Path) -> None:
+    """The study group's convention: cat_dark.jpg, dog_multiple.jpg, horse_up.jpg, all in one folder."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("cat_dark.jpg", "Cat_sofa.jpg", "dog_multiple.jpg", "horse_up.jpg", "unknown.jpg"):
+        Image.new("RGB", (90, 60), (120, 120, 120)).save(photos / name)
+    result = run("predict", "photos", "--model", str(always_cat), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)) == 5
+    assert result.stderr.splitlines() == [
+        "accuracy: 50.0% (2/4 labelled images; 1 without a label not counted)",
+        f"miss: photos/dog_multiple.jpg  true dog, predicted cat ({CAT_CONFIDENCE:.3f})",
+        f"miss: photos/horse_up.jpg  true horse, predicted cat ({CAT_CONFIDENCE:.3f})",
+    ]
+
+
+def test_labels_come_from_the_name_prefix_or_a_class_folder_below_the_target(tmp_path: Path) -> None:
+    (tmp_path / "dog/a").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    assert label_from_path(tmp_path / "a/horse_far.jpg", tmp_path / "a", CLASSES) == "horse"
+    assert label_from_path(tmp_path / "a/Dog/x/1.jpg", tmp_path / "a", CLASSES) == "dog"
+    assert label_from_path(tmp_path / "dog/a/1.jpg", tmp_path / "dog/a", CLASSES) is None
+    assert label_from_path(tmp_path / "a/catalogue.jpg", tmp_path / "a", CLASSES) is None
+
+
+def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) -> None:
+    photos = make_image_folder(tmp_path / "photos", per_class=2, size=(60, 40))
+    (photos / "cat/broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
+    saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+    paths = sorted(photos.rglob("*.jpg"))
+    batched = list(predict_files(saved, paths, "flip", batch_size=4))
+    single = list(predict_files(saved, paths, "flip", batch_size=1))
+    assert [p.path for p in batched] == paths
+    assert [p.error != "" for p in batched] == [path.name == "broken.jpg" for path in paths]
+    for one, other in zip(batched, single, strict=True):
+        if one.probabilities is not None:
+            assert one.probabilities == pytest.approx(other.probabilities, abs=1e-5)
+            assert one.probabilities.sum() == pytest.approx(1)
+
+
+def test_views_keep_a_subject_at_the_left_edge() -> None:
+    photo = Image.new("RGB", (300, 200), (255, 255, 255))
+    photo.paste((255, 0, 0), (0, 80, 30, 120))  # a small red subject at the very left edge of a 3:2 photo
+    (whole,) = views(photo, "none")
+    assert whole is photo
+    original, mirrored = views(photo, "flip")
+    assert original is photo and mirrored.size == (300, 200)
+    assert np.asarray(mirrored)[100, 295].tolist() == [255, 0, 0] and np.asarray(mirrored)[100, 5].tolist() == [255] * 3
+    squares = ViewTransform(preprocessing_for("efficientnet_lite0", 32), "flip")(photo)
+    assert squares.shape == (2, 3, 32, 32)
+    assert squares[0, :, 16, 1].tolist() == pytest.approx([1.0, -1.0, -1.0], abs=0.1)  # red survives at the edge
+    with pytest.raises(UserError, match="test-time augmentation 'zoom' is unknown"):
+        views(photo, "zoom")
+
+
+def test_a_model_for_other_classes_or_no_model_is_named(tmp_path: Path, always_cat: Path) -> None:
+    with pytest.raises(UserError, match=f"model '{always_cat}' was trained for classes"):
+        load_model_for(always_cat, ["cat", "dog"])
+    assert load_model(always_cat).classes == CLASSES
+    result = run("predict", "x.jpg", "--model", "nothing.pt", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: model file 'nothing.pt' not found: train one with dvc repro, or pass --model PATH"
+    )
+    (tmp_path / "fake.pt").write_bytes(b"junk")
+    result = run("predict", "x.jpg", "--model", "fake.pt", cwd=tmp_path)
+    assert result.returncode == 1 and result.stderr.startswith("error: 'fake.pt' is not a model file")

@@ -2,7 +2,8 @@
 
 Draft mode is what `imageclf.images.open_rgb(path, min_side=...)` does: the JPEG is decoded at 1/2, 1/4 or 1/8 scale
 when both sides stay at least `min_side`. Both ways end at the size `split` stores (shorter side 1.15 × image size).
-The files are read into memory first, so only decoding and resizing are timed; the best of `--repeat` passes counts.
+The files are read into memory first, so only decoding and resizing are timed, in CPU time of this (single-threaded)
+process, so that other work on a shared machine barely moves the figures; the best of `--repeat` passes counts.
 
     python benchmarks/decode.py --folder ../shared/data/animals --image-size 224 160 112
 """
@@ -28,13 +29,13 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 
 def images_per_second(contents: list[bytes], decode: Callable[[bytes], Image.Image], repeat: int) -> float:
-    """Throughput of `decode` over all `contents`, best of `repeat` passes."""
+    """Images per CPU second of `decode` over all `contents`, best of `repeat` passes."""
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.process_time()
         for content in contents:
             decode(content)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.process_time() - start)
     return len(contents) / best
 
 

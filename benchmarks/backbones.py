@@ -15,6 +15,7 @@ import time
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from imageclf.models import MODELS
 
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
-    results = [measure(name, args.batch_size, args.batches) for name in args.models]
+    results = [measure(name, args.batch_size, args.batches) for name in tqdm(args.models, desc="backbones")]
     report = {
         "batch_size": args.batch_size,
         "batches": args.batches,

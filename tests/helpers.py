@@ -1,6 +1,7 @@
 """Test helpers: tiny generated image folders and throwaway copies of the project for real `dvc repro` runs."""
 
 import dataclasses
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,3 +87,14 @@ def dvc_repro(project: Path) -> tuple[set[str], str]:
     assert result.returncode == 0, output
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
     return ran, output
+
+
+def without_git_identity(home: Path) -> dict[str, str]:
+    """An environment with no global git config (like a fresh CI machine), naming an author for commits."""
+    home.mkdir(exist_ok=True)
+    identity = {
+        f"GIT_{role}_{field}": value
+        for role in ("AUTHOR", "COMMITTER")
+        for field, value in (("NAME", "test"), ("EMAIL", "test@example.com"))
+    }
+    return {**os.environ, "HOME": str(home), **identity}

@@ -1,7 +1,6 @@
 """The real `dvc repro` on tiny generated images: outputs, and that a change reruns exactly what depends on it."""
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CLASSES, dvc_repro, set_params
+from tests.helpers import CLASSES, dvc_repro, set_params, without_git_identity
 
 ALL_STAGES = {"split", "augment", "train", "evaluate"}
 
@@ -76,17 +75,6 @@ def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project:
     )
     assert result.returncode == 0, result.stderr
     assert {name: (project / name).read_bytes() for name in outputs} == before
-
-
-def without_git_identity(home: Path) -> dict[str, str]:
-    """An environment with no global git config (like a fresh CI machine), naming an author for commits."""
-    home.mkdir(exist_ok=True)
-    identity = {
-        f"GIT_{role}_{field}": value
-        for role in ("AUTHOR", "COMMITTER")
-        for field, value in (("NAME", "test"), ("EMAIL", "test@example.com"))
-    }
-    return {**os.environ, "HOME": str(home), **identity}
 
 
 def test_an_experiment_with_a_changed_param_is_compared_with_the_commit(

@@ -1,6 +1,6 @@
 """Stage augment: write each training image plus `augment.copies` augmented variants at the model input size.
 
-Usage: python stages/augment.py TRAIN_DIR OUT_DIR
+Usage: python -m stages.augment TRAIN_DIR OUT_DIR
 """
 
 import sys

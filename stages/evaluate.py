@@ -1,6 +1,6 @@
 """Stage evaluate: score the model on the test split; write metrics, curves, pictures and the report.
 
-Usage: python stages/evaluate.py MODEL_PT TEST_DIR TRAIN_HISTORY_CSV OUT_DIR
+Usage: python -m stages.evaluate MODEL_PT TEST_DIR TRAIN_HISTORY_CSV OUT_DIR
 """
 
 import sys

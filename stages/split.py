@@ -1,6 +1,6 @@
 """Stage split: check and decode each raw image once, downscale it, merge duplicates, split stratified.
 
-Usage: python stages/split.py OUT_DIR REJECTED_CSV METRICS_JSON
+Usage: python -m stages.split OUT_DIR REJECTED_CSV METRICS_JSON
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Stage train: train `train.model` in `train.mode`; save the best validation epoch and the per-epoch history.
 
-Usage: python stages/train.py TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV CHECKPOINT
+Usage: python -m stages.train TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV CHECKPOINT
 
 CHECKPOINT is where the run keeps its state every `train.checkpoint_every` epochs; a run that was
 killed resumes from it, and it is removed when training ends. On several GPUs or machines, start it with

@@ -16,7 +16,7 @@ TOLERANCE = 1e-4  # summation order differs between one process and two, so resu
 def train(project: Path, output: str, *launcher: str) -> subprocess.CompletedProcess:
     folder = project / output
     outputs = [folder / name for name in ("model.pt", "train.json", "history.csv", "checkpoint.pt")]
-    command = [*launcher, "stages/train.py", "data/augmented", "data/split/val", *map(str, outputs)]
+    command = [*launcher, "-m", "stages.train", "data/augmented", "data/split/val", *map(str, outputs)]
     result = subprocess.run(command, cwd=project, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     return result

@@ -66,6 +66,17 @@ def test_a_changed_param_reruns_only_what_depends_on_it(
         assert "features of train: 48 images from the cache, 0 computed" in output, output
 
 
+def test_stages_run_the_package_of_the_checkout_they_run_in(reproduced_project: Path, tmp_path: Path) -> None:
+    """A copy (a queued experiment, a teammate's clone) runs its own imageclf, not the one pip installed."""
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    with (project / "imageclf/__init__.py").open("a") as package:
+        package.write('raise SystemExit("imported from the copy")\n')
+    result = subprocess.run(
+        ["dvc", "repro", "--force", "--single-item", "evaluate"], cwd=project, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "imported from the copy" in result.stdout + result.stderr
+
+
 def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project: Path, tmp_path: Path) -> None:
     project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
     outputs = ["models/model.pt", "metrics/train.json", "metrics/train_history.csv"]

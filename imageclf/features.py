@@ -25,6 +25,11 @@ from imageclf.device import loader_options
 from imageclf.files import write_atomic
 
 CACHE_ENVIRONMENT_VARIABLE = "IMAGECLF_FEATURE_CACHE"
+# Every batch the backbone sees has this many images (the last one padded): an image's features then do not
+# depend on how many other images happened to be missing from the cache with it. Conv kernels pick their blocking
+# by batch size, so the same image in a batch of 3 and of 16 can differ in the last bits, and a model trained on
+# features from a warm cache would not match one trained from a cold cache byte for byte.
+EXTRACTION_BATCH_SIZE = 32
 
 
 def cache_dir() -> Path:
@@ -44,6 +49,7 @@ def backbone_key(model_name: str, backbone: nn.Module, dataset: ImageDataset, de
         "mean": list(preprocessing.mean),
         "std": list(preprocessing.std),
         "device": device.type,
+        "batch_size": EXTRACTION_BATCH_SIZE,
         "versions": [version(package) for package in ("torch", "torchvision", "timm", "pillow")],
     }
     digest.update(json.dumps(settings, sort_keys=True).encode())
@@ -57,13 +63,27 @@ def backbone_key(model_name: str, backbone: nn.Module, dataset: ImageDataset, de
 def extract_features(
     backbone: nn.Module, dataset: ImageDataset | Subset, batch_size: int, device: torch.device, description: str
 ) -> torch.Tensor:
-    """Run the frozen backbone once over `dataset`; return one feature vector per image."""
+    """Run the frozen backbone once over `dataset`; return one feature vector per image.
+
+    Every batch has `batch_size` images: the last is padded with copies of its last image, whose features are
+    dropped, so each image's features depend only on the image, the backbone and `batch_size`. The backbone runs
+    in channels-last memory format and is given back in the standard one: its weights' strides (which
+    `torch.save` records) do not depend on whether features were computed.
+    """
     backbone = backbone.eval().to(device, memory_format=torch.channels_last)  # outside inference mode: may train later
     features = []
-    with torch.inference_mode():
-        batches = DataLoader(dataset, batch_size=batch_size, **loader_options(device))
-        for images_batch, _ in tqdm(batches, desc=description, unit="batch"):
-            features.append(backbone(images_batch.to(device, memory_format=torch.channels_last)).float().cpu())
+    try:
+        with torch.inference_mode():
+            batches = DataLoader(dataset, batch_size=batch_size, **loader_options(device))
+            for images_batch, _ in tqdm(batches, desc=description, unit="batch"):
+                count = len(images_batch)
+                if count < batch_size:
+                    padding = images_batch[-1:].expand(batch_size - count, *images_batch.shape[1:])
+                    images_batch = torch.cat([images_batch, padding])
+                output = backbone(images_batch.to(device, memory_format=torch.channels_last))
+                features.append(output[:count].float().cpu())
+    finally:
+        backbone.to(memory_format=torch.contiguous_format)
     return torch.cat(features)
 
 
@@ -78,11 +98,14 @@ def cached_features(
     model_name: str,
     backbone: nn.Module,
     dataset: ImageDataset,
-    batch_size: int,
     device: torch.device,
     description: str,
 ) -> CachedFeatures:
-    """The (features, labels) of `dataset`, computing only the images the cache does not hold yet."""
+    """The (features, labels) of `dataset`, computing only the images the cache does not hold yet.
+
+    Features are computed in batches of `EXTRACTION_BATCH_SIZE`, whatever `train.batch_size` is, so a changed
+    batch size reuses them and a warm cache gives the same features as a cold one.
+    """
     store_path = cache_dir() / f"{backbone_key(model_name, backbone, dataset, device)}.pt"
     store: dict[str, torch.Tensor] = {}
     if store_path.is_file():
@@ -94,7 +117,7 @@ def cached_features(
     missing = sorted({digest: index for index, digest in enumerate(digests) if digest not in store}.values())
     if missing:
         computed = extract_features(
-            backbone, Subset(dataset, missing), batch_size, device, f"features of {description}"
+            backbone, Subset(dataset, missing), EXTRACTION_BATCH_SIZE, device, f"features of {description}"
         )
         store.update({digests[index]: vector.clone() for index, vector in zip(missing, computed, strict=True)})
         buffer = io.BytesIO()

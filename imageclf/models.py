@@ -250,9 +250,16 @@ class SavedModel:
 
 
 def save_model(path: Path, saved: SavedModel) -> None:
-    """Save a state dict with plain metadata, so the file loads with `torch.load(..., weights_only=True)`."""
+    """Save a state dict with plain metadata, so the file loads with `torch.load(..., weights_only=True)`.
+
+    Every tensor is written in the standard layout: `torch.save` records strides, and `.contiguous()` keeps a
+    channels-last 1x1 or depthwise kernel's strides, so the same weights would otherwise give different files.
+    """
     buffer = io.BytesIO()
-    state_dict = {name: tensor.contiguous() for name, tensor in saved.model.state_dict().items()}
+    state_dict = {
+        name: tensor.detach().clone(memory_format=torch.contiguous_format)
+        for name, tensor in saved.model.state_dict().items()
+    }
     torch.save(
         {
             "state_dict": state_dict,

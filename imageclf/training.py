@@ -369,7 +369,7 @@ def train_classifier(
         if rank() > 0:
             torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
         train_inputs, val_inputs = (
-            cached_features(config.model, model.backbone, data, config.batch_size, device, name).dataset
+            cached_features(config.model, model.backbone, data, device, name).dataset
             for data, name in ((train_data, "train"), (val_data, "val"))
         )
         if rank() == 0 and is_distributed():

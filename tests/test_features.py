@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from imageclf.data import ImageDataset, make_split
-from imageclf.features import CACHE_ENVIRONMENT_VARIABLE, cached_features, extract_features
+from imageclf.features import CACHE_ENVIRONMENT_VARIABLE, EXTRACTION_BATCH_SIZE, cached_features, extract_features
 from imageclf.models import create_model, preprocessing_for
 from tests.helpers import CLASSES, make_image_folder
 
@@ -24,12 +24,12 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
 
     def features(backbone: torch.nn.Module = model.backbone, data: ImageDataset = dataset) -> tuple:
-        result = cached_features("efficientnet_lite0", backbone, data, 4, CPU, "train")
+        result = cached_features("efficientnet_lite0", backbone, data, CPU, "train")
         return (result.reused, result.computed), result.dataset.tensors[0]
 
     counts, first = features()
     assert counts == (0, len(dataset))
-    assert torch.equal(first, extract_features(model.backbone, dataset, 4, CPU, "direct"))
+    assert torch.equal(first, extract_features(model.backbone, dataset, EXTRACTION_BATCH_SIZE, CPU, "direct"))
     counts, again = features()
     assert counts == (len(dataset), 0) and torch.equal(again, first)
 
@@ -47,3 +47,31 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
     counts, other = features(backbone=other_weights)
     assert counts == (0, len(dataset)) and not torch.allclose(other, after_edit)
     assert features()[0] == (len(dataset), 0), "the first backbone's features are still there"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_warm_cache_gives_the_features_a_cold_one_does_and_leaves_the_backbone_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    """Features must not depend on which other images were missing with them (conv kernels block by batch size)."""
+    make_split(make_image_folder(tmp_path / "raw", per_class=10), CLASSES, 32, 0.25, 0.25, 0, tmp_path / "split")
+    dataset = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+    backbone = create_model("efficientnet_lite0", 3, 32, pretrained=True).backbone
+    strides = {name: tensor.stride() for name, tensor in backbone.state_dict().items()}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cold"))
+        cold = cached_features("efficientnet_lite0", backbone, dataset, CPU, "train").dataset.tensors[0]
+        assert {name: tensor.stride() for name, tensor in backbone.state_dict().items()} == strides
+        monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "warm"))
+        for count in (1, 3):  # earlier runs on some of the images, as after adding images to a class
+            part = ImageDataset(
+                dataset.paths[:count], dataset.labels[:count], dataset.sources[:count], dataset.preprocess
+            )
+            cached_features("efficientnet_lite0", backbone, part, CPU, "train")
+        warm = cached_features("efficientnet_lite0", backbone, dataset, CPU, "train")
+    finally:
+        torch.set_num_threads(previous_threads)
+    assert (warm.reused, warm.computed) == (3, len(dataset) - 3)
+    assert torch.equal(warm.dataset.tensors[0], cold)

@@ -114,6 +114,16 @@ def split_folders(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], P
     return split
 
 
+def test_the_model_file_does_not_depend_on_the_weights_memory_layout(tmp_path: Path) -> None:
+    """torch.save records strides, and a channels-last 1x1 kernel stays channels-last through `.contiguous()`."""
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=True).eval()
+    saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+    save_model(tmp_path / "standard.pt", saved)
+    model.to(memory_format=torch.channels_last)  # as the backbone runs when it computes features
+    save_model(tmp_path / "channels_last.pt", saved)
+    assert (tmp_path / "channels_last.pt").read_bytes() == (tmp_path / "standard.pt").read_bytes()
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_trains_a_step_in_every_mode(
     name: str, tmp_path: Path, split_folders: Callable[[int], Path]

@@ -1,6 +1,7 @@
 """The real `dvc repro` on tiny generated images: outputs, and that a change reruns exactly what depends on it."""
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from imageclf.features import CACHE_ENVIRONMENT_VARIABLE
 from tests.helpers import CLASSES, dvc_repro, set_params, without_git_identity
 
 ALL_STAGES = {"split", "augment", "train", "evaluate"}
@@ -78,14 +80,19 @@ def test_stages_run_the_package_of_the_checkout_they_run_in(reproduced_project: 
 
 
 def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project: Path, tmp_path: Path) -> None:
+    """From a cold feature cache (the backbone computes every feature) and from the warm session cache alike."""
     project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
     outputs = ["models/model.pt", "metrics/train.json", "metrics/train_history.csv"]
     before = {name: (project / name).read_bytes() for name in outputs}
-    result = subprocess.run(
-        ["dvc", "repro", "--force", "--single-item", "train"], cwd=project, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert {name: (project / name).read_bytes() for name in outputs} == before
+    for cache in (tmp_path / "cold-cache", None):
+        env = {**os.environ, CACHE_ENVIRONMENT_VARIABLE: str(cache)} if cache else None
+        result = subprocess.run(
+            ["dvc", "repro", "--force", "--single-item", "train"], cwd=project, env=env, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        warm = "features of train: 48 images from the cache, 0 computed" in result.stdout
+        assert warm == (cache is None), result.stdout
+        assert {name: (project / name).read_bytes() for name in outputs} == before
 
 
 def test_an_experiment_with_a_changed_param_is_compared_with_the_commit(

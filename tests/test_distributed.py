@@ -31,6 +31,10 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path: Path) -> None:
         "train__epochs": 2,
         "train__batch_size": 64,  # one batch holds all 48 training images: the same gradient however it is shared
         "train__checkpoint_every": 0,
+        # plain SGD is linear in the gradient: a wrongly summed or unsynchronised gradient shows in the weights,
+        # where Adam's per-weight normalisation would hide a scale error and magnify rounding noise
+        "train__optimizer": "sgd",
+        "train__lr": 0.01,
     }
     project = copy_project(tmp_path / "project", **params)
     subprocess.run(["dvc", "repro", "augment"], cwd=project, check=True, capture_output=True)
@@ -48,5 +52,6 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path: Path) -> None:
             assert both[epoch][key] == pytest.approx(value, rel=TOLERANCE, abs=TOLERANCE), (epoch, key)
     single_weights = torch.load(project / "single/model.pt", weights_only=True)["state_dict"]
     both_weights = torch.load(project / "ddp/model.pt", weights_only=True)["state_dict"]
-    assert all(torch.allclose(both_weights[name], tensor, atol=TOLERANCE) for name, tensor in single_weights.items())
+    differences = {name: (both_weights[name] - tensor).abs().max().item() for name, tensor in single_weights.items()}
+    assert max(differences.values()) <= TOLERANCE, sorted(differences.items(), key=lambda item: -item[1])[:5]
     assert not list((project / "ddp").glob("*.tmp*")) and "Traceback" not in distributed.stderr

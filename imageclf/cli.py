@@ -4,6 +4,9 @@ imageclf predict photo.jpg more_photos/ [--model models/model.pt] [--top-k 3] [-
 imageclf summary [--model resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
+
+Each subcommand imports what it needs when it runs: `imageclf regression` or `imageclf fetch` does not wait for
+timm and torchvision to load.
 """
 
 import argparse
@@ -11,11 +14,7 @@ from pathlib import Path
 
 from imageclf.errors import exits_cleanly
 from imageclf.fetch import add_fetch_command
-from imageclf.models import MODELS
 from imageclf.params import DEFAULT_TTA, PARAMS_FILE, TRAIN_MODES, TTA_MODES, load_params
-from imageclf.predict import predict_command
-from imageclf.regression import X, Y, fit_line, save_loss_curve
-from imageclf.summary import model_summary
 
 
 def positive_int(text: str) -> int:
@@ -28,11 +27,15 @@ def positive_int(text: str) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Print each image's class, confidence and top-k (or JSON); with labels, the accuracy and the misses."""
+    from imageclf.predict import predict_command
+
     return predict_command(args.paths, args.model, args.top_k, args.json, args.tta, args.batch_size)
 
 
 def summary(args: argparse.Namespace) -> int:
     """Print the layer table of `--model` in `--mode` (by default, those of params.yaml)."""
+    from imageclf.summary import model_summary
+
     params = load_params() if PARAMS_FILE.is_file() and not (args.model and args.mode) else None
     name = args.model or (params.train.model if params else "original")
     mode = args.mode or (params.train.mode if params else "fromzero")
@@ -43,6 +46,8 @@ def summary(args: argparse.Namespace) -> int:
 
 def regression(args: argparse.Namespace) -> int:
     """Learn y = 2x + 1 from the study notes' five points; print the line and save the loss curve."""
+    from imageclf.regression import X, Y, fit_line, save_loss_curve
+
     weight, bias, losses = fit_line(args.epochs, args.lr)
     save_loss_curve(losses, args.plot)
     print(f"data: X = {X}, Y = {Y}")
@@ -73,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.set_defaults(run=predict)
 
     summary_parser = commands.add_parser("summary", help="print a model's layers, parameters and input size")
-    summary_parser.add_argument("--model", choices=list(MODELS), help="default: train.model of params.yaml")
+    summary_parser.add_argument("--model", help="a train.model name (default: train.model of params.yaml)")
     summary_parser.add_argument("--mode", choices=TRAIN_MODES, help="default: train.mode of params.yaml")
     summary_parser.add_argument("--image-size", type=int, help="input side in pixels (default: the model's own)")
     summary_parser.set_defaults(run=summary)

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from torchvision.transforms.v2 import functional
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 # What Pillow may find inside a file with one of those suffixes and this project reads (MPO: phone camera JPEGs).
@@ -92,6 +91,7 @@ class Preprocessing:
     std: tuple[float, float, float]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        tensor = functional.to_image(to_square(image, self.image_size))
-        tensor = functional.to_dtype(tensor, torch.float32, scale=True)
-        return functional.normalize(tensor, list(self.mean), list(self.std))
+        """The image as a normalised float tensor, channels first."""
+        pixels = torch.from_numpy(np.array(to_square(image, self.image_size))).permute(2, 0, 1)
+        tensor = pixels.to(torch.float32).div_(255)
+        return tensor.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))

@@ -173,7 +173,7 @@ MODELS: dict[str, ModelSpec] = {
 
 def model_spec(name: str) -> ModelSpec:
     if name not in MODELS:
-        raise UserError(f"train.model '{name}' is unknown; choices: {', '.join(MODELS)}")
+        raise UserError(f"model '{name}' is unknown; choices: {', '.join(MODELS)}")
     return MODELS[name]
 
 

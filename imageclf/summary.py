@@ -2,12 +2,12 @@
 
 import torchinfo
 
-from imageclf.models import MODELS, create_model
+from imageclf.models import create_model, model_spec
 
 
 def model_summary(name: str, mode: str, num_classes: int, image_size: int | None = None) -> str:
     """The layer table with output shapes and parameter counts; in transfer learning the backbone is frozen."""
-    spec = MODELS[name]
+    spec = model_spec(name)
     size = image_size or spec.input_size
     model = create_model(name, num_classes, size, pretrained=False)
     if mode == "transfer_learning":

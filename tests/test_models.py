@@ -59,7 +59,7 @@ def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample() -
 
 
 def test_unknown_model_and_missing_weights_are_named() -> None:
-    with pytest.raises(UserError, match=r"train\.model 'resnet9' is unknown; choices: original, resnet18, resnet34"):
+    with pytest.raises(UserError, match=r"model 'resnet9' is unknown; choices: original, resnet18, resnet34"):
         create_model("resnet9", 3, 160, pretrained=False)
     with pytest.raises(UserError, match=r"'original' has no pretrained weights: use train.mode: fromzero"):
         create_model("original", 3, 160, pretrained=True)

@@ -4,10 +4,13 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from imageclf.errors import UserError
 from imageclf.models import create_model
 from imageclf.regression import fit_line
+from imageclf.summary import model_summary
 
 
 def run(*args: str, cwd: Path | None = None) -> str:
@@ -20,10 +23,12 @@ def test_summary_lists_layers_and_counts_trainable_parameters_per_mode() -> None
     frozen = run("summary", "--model", "resnet18", "--mode", "transfer_learning", "--image-size", "64")
     assert f"Total params: {total:,}" in frozen and f"Trainable params: {head:,}" in frozen
     assert "BasicBlock" in frozen and "Input: 3 × 64 × 64" in frozen
-    tuned = run("summary", "--model", "resnet18", "--mode", "fine_tuning", "--image-size", "64")
+    tuned = model_summary("resnet18", "fine_tuning", 3, 64)
     assert f"Trainable params: {total:,}" in tuned
-    original = run("summary", "--model", "original", "--mode", "fromzero")
+    original = model_summary("original", "fromzero", 3)
     assert "[1, 16, 222, 222]" in original and "Input: 3 × 224 × 224" in original
+    with pytest.raises(UserError, match="model 'resnet9' is unknown; choices: original, resnet18"):
+        model_summary("resnet9", "fromzero", 3)
 
 
 def test_regression_learns_y_equals_2x_plus_1_and_saves_the_loss_curve(tmp_path: Path) -> None:

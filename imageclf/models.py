@@ -1,4 +1,8 @@
-"""The model registry: one entry per architecture, each with its own preprocessing and pretrained weights."""
+"""The model registry: one entry per architecture, each with its own preprocessing and pretrained weights.
+
+timm and torchvision are imported where a model is built: every stage's params check reads the registry, and
+split or augment should not wait seconds for libraries they never use.
+"""
 
 import io
 from collections.abc import Callable
@@ -6,9 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
 
-import timm
 import torch
-import torchvision
 from torch import nn
 
 from imageclf.errors import UserError
@@ -106,13 +108,21 @@ def packaged_efficientnet_lite0_weights() -> StateDict:
 
 def timm_backbone(architecture: str) -> Callable[[int], nn.Module]:
     """A timm model without its classifier: it returns pooled features."""
-    return lambda image_size: timm.create_model(architecture, pretrained=False, num_classes=0)
+
+    def build(image_size: int) -> nn.Module:
+        import timm
+
+        return timm.create_model(architecture, pretrained=False, num_classes=0)
+
+    return build
 
 
 def torchvision_backbone(name: str, classifier: str) -> Callable[[int], nn.Module]:
     """A torchvision model whose classifier attribute is replaced by the identity: it returns pooled features."""
 
     def build(image_size: int) -> nn.Module:
+        import torchvision
+
         model = torchvision.models.get_model(name, weights=None)
         setattr(model, classifier, nn.Identity())
         return model
@@ -124,6 +134,8 @@ def torchvision_imagenet_weights(name: str) -> Callable[[], StateDict]:
     """torchvision's ImageNet weights: downloaded once into TORCH_HOME, read from there afterwards."""
 
     def download() -> StateDict:
+        import torchvision
+
         weights = torchvision.models.get_model_weights(name).DEFAULT
         try:
             return weights.get_state_dict(progress=True, check_hash=True)

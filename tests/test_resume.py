@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.helpers import copy_project, make_image_folder, set_params, tiny_params
 
-EPOCHS = 12
+EPOCHS = 6
 
 
 def kill_after_first_checkpoint(project: Path) -> None:
@@ -33,7 +33,7 @@ def kill_after_first_checkpoint(project: Path) -> None:
 
 
 def project_with_checkpoints(tmp_path: Path) -> Path:
-    """A project that trains the small CNN from zero for a dozen epochs, with a checkpoint after each."""
+    """A project that trains the small CNN from zero for six epochs, with a checkpoint after each."""
     params = {
         **tiny_params(make_image_folder(tmp_path / "raw", per_class=6)),
         "data__image_size": 112,

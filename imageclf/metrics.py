@@ -46,7 +46,11 @@ def confusion_matrices(true: list[str], predicted: list[str], classes: list[str]
 
 
 def precision_recall_curves(true: list[str], probabilities: np.ndarray, classes: list[str]) -> dict[str, list[dict]]:
-    """One-vs-rest precision-recall curve per class: rows of precision, recall and the probability threshold."""
+    """One-vs-rest precision-recall curve per class: rows of precision, recall and the probability threshold.
+
+    Rows run from the highest threshold to the lowest (recall rising), the order in which a line plot that sorts
+    by recall draws the curve's steps correctly.
+    """
     curves = {}
     for index, label in enumerate(classes):
         is_label = np.array(true) == label
@@ -54,5 +58,5 @@ def precision_recall_curves(true: list[str], probabilities: np.ndarray, classes:
         curves[label] = [
             {"recall": float(r), "precision": float(p), "threshold": float(t)}
             for p, r, t in zip(precision, recall, [*thresholds, 1.0], strict=True)
-        ]
+        ][::-1]
     return curves

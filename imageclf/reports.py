@@ -94,7 +94,7 @@ def plot_training_curves(history_path: Path, path: Path) -> None:
     """Loss and accuracy per epoch for training and validation (and the learning rate, when recorded)."""
     history = read_history(history_path)
     panels = [(title, columns) for title, columns in HISTORY_PANELS if all(column in history for column in columns)]
-    figure = Figure(layout="constrained", figsize=(5 * len(panels), 3.6))
+    figure = Figure(layout="constrained", figsize=(4.2 * len(panels), 3.4))
     for axes, (title, columns) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels, strict=True):
         for column in columns:
             axes.plot(history["epoch"], history[column], marker="o", markersize=3, label=column)

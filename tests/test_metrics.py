@@ -50,3 +50,5 @@ def test_precision_recall_curve_of_each_class() -> None:
     # dog scores, highest first: 0.7 dog, 0.6 cat, 0.4 dog, 0.3 cat, 0.2 horse, 0.1 cat
     dog = {(round(row["recall"], 4), round(row["precision"], 4)) for row in curves["dog"]}
     assert {(0.0, 1.0), (0.5, 1.0), (0.5, 0.5), (1.0, round(2 / 3, 4)), (1.0, 0.5), (1.0, 0.4), (1.0, 0.3333)} == dog
+    thresholds = [row["threshold"] for row in curves["dog"]]
+    assert thresholds == sorted(thresholds, reverse=True), "rows run from the highest threshold to the lowest"

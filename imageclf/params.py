@@ -17,7 +17,7 @@ CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "weighted")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 TTA_MODES = ("flip", "none")  # test-time views: the whole photo and its mirror image, or the whole photo only
-DEFAULT_TTA = "flip"
+DEFAULT_TTA = "none"
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def test_report_links_the_pictures_and_lists_metrics_and_params(reproduced_proje
     assert f"Accuracy: **{100 * metrics['accuracy']:.2f} %** on 3 images." in report
     for label in CLASSES:
         assert f"| {label} | {metrics['per_class'][label]['precision']:.3f} |" in report
-    assert "| `evaluate.tta` | `'flip'` |" in report and "| `data.image_size` | `32` |" in report
+    assert "| `evaluate.tta` | `'none'` |" in report and "| `data.image_size` | `32` |" in report
 
 
 def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project: Path, tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         choices=TTA_MODES,
         default=DEFAULT_TTA,
-        help=f"test-time views as in evaluate.tta: flip averages the photo and its mirror image ({DEFAULT_TTA})",
+        help=f"views as in evaluate.tta: flip averages the photo and its mirror image (default: {DEFAULT_TTA})",
     )
     predict_parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (32)")
     predict_parser.set_defaults(run=predict)

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from imageclf.data import find_images
 from imageclf.models import load_model
-from imageclf.predict import predict_files
+from imageclf.predict import files_to_predict, labelled_accuracy, labelled_result, predict_files
 
 PROJECT = Path(__file__).resolve().parent.parent
 STAGES = ("split", "augment", "train", "evaluate")
@@ -65,17 +64,15 @@ def repro_seconds(work: Path, environment: dict[str, str], *options: str) -> flo
     return round(time.perf_counter() - start, 1)
 
 
-def holdout_scores(model_path: Path, folder: Path, classes: list[str], tta: str) -> dict[str, float]:
+def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict[str, float]:
     """Accuracy on a labelled folder, and how many of its photos `predict` reads and classifies per second."""
     saved = load_model(model_path)
-    found = find_images(folder, classes)
-    paths = [path for label in classes for path in found[label]]
-    labels = [label for label in classes for _ in found[label]]
+    found, _ = files_to_predict([folder])
     start = time.perf_counter()
-    predictions = list(predict_files(saved, paths, tta, 64, description="hold-out"))
+    predictions = list(predict_files(saved, [path for path, _ in found], tta, 64, description="hold-out"))
     seconds = time.perf_counter() - start
-    right = sum(classes[p.probabilities.argmax()] == label for p, label in zip(predictions, labels, strict=True))
-    return {"holdout_accuracy": right / len(paths), "predict_images_per_second": round(len(paths) / seconds, 1)}
+    scores = labelled_accuracy([labelled_result(prediction, folder, saved.classes) for prediction in predictions])
+    return {"holdout_accuracy": scores["accuracy"], "predict_images_per_second": round(len(found) / seconds, 1)}
 
 
 def main() -> None:
@@ -116,9 +113,7 @@ def main() -> None:
         }
         if args.holdout:
             report["holdout"] = str(args.holdout)
-            report |= holdout_scores(
-                work / "models/model.pt", args.holdout, params["data"]["classes"], params["evaluate"]["tta"]
-            )
+            report |= holdout_scores(work / "models/model.pt", args.holdout, params["evaluate"]["tta"])
         misses = [
             line
             for line in (work / "metrics/test_predictions.csv").read_text().splitlines()[1:]

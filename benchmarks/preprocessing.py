@@ -15,7 +15,7 @@ from pathlib import Path
 from imageclf.data import read_manifest
 from imageclf.models import load_model
 from imageclf.params import TTA_MODES
-from imageclf.predict import find_images, label_from_path, predict_files
+from imageclf.predict import files_to_predict, label_from_path, predict_files
 
 
 def labelled_files(args: argparse.Namespace, classes: list[str]) -> dict[str, tuple[list[Path], list[str]]]:
@@ -24,7 +24,7 @@ def labelled_files(args: argparse.Namespace, classes: list[str]) -> dict[str, tu
         records = read_manifest(folder)
         sets[str(folder)] = ([folder / record.path for record in records], [record.label for record in records])
     for folder in args.folder:
-        found, _ = find_images([folder])
+        found, _ = files_to_predict([folder])
         sets[str(folder)] = ([path for path, _ in found], [label_from_path(path, folder, classes) for path, _ in found])
     return sets
 

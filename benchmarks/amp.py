@@ -1,0 +1,111 @@
+"""Fine-tuning throughput with and without mixed precision, through the train stage's own epoch loop.
+
+Fine-tunes the whole network (`train.mode: fine_tuning`, the shipped optimizer and learning rates) on the photos of
+`--folder`, decoded once and kept in memory, so the figure is the model's and not the JPEG decoder's. Each setting
+starts from the same ImageNet weights, runs one untimed warm-up epoch, then `--epochs` timed ones, and reports
+images/s and the training loss per epoch: both must be finite, and the last below the first (it trains).
+
+Mixed precision is only active on CUDA (`train.amp`); elsewhere both settings run in full precision, and the
+report says so.
+
+    python benchmarks/amp.py                                   # data/sample, efficientnet_lite0, 224 px
+    python benchmarks/amp.py --folder ../shared/data/animals10-sample --model resnet18 --weights resnet18.pt
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from imageclf.data import ImageDataset
+from imageclf.device import Precision, select_device
+from imageclf.models import create_model, preprocessing_for
+from imageclf.params import TrainParams, load_params
+from imageclf.training import build_optimizer, parameter_groups, run_epoch, seed_everything
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def in_memory(folder: Path, classes: list[str], model: str, image_size: int) -> TensorDataset:
+    """Every photo of `folder` decoded and preprocessed once."""
+    images = ImageDataset.from_folder(folder, classes, preprocessing_for(model, image_size))
+    tensors, labels = zip(*(images[index] for index in range(len(images))), strict=True)
+    return TensorDataset(torch.stack(tensors), torch.tensor(labels))
+
+
+def fine_tune(
+    data: TensorDataset, config: TrainParams, image_size: int, weights: Path | None, device: torch.device, epochs: int
+) -> dict:
+    """Images/s and loss per epoch of fine-tuning with `config.amp` on or off."""
+    seed_everything(config.seed)
+    model = create_model(config.model, len(data.tensors[1].unique()), image_size, pretrained=True, weights=weights)
+    model = model.to(device, memory_format=torch.channels_last).train()
+    precision = Precision(device, config.amp)
+    optimizer = build_optimizer(parameter_groups(model, config), config)
+    scaler = precision.grad_scaler()
+    batches = DataLoader(data, batch_size=config.batch_size, shuffle=True)
+    loss_function = nn.CrossEntropyLoss()
+    run_epoch(model, batches, loss_function, precision, optimizer, scaler)  # warm-up: kernels, allocator
+    losses, seconds = [], 0.0
+    for _ in range(epochs):
+        start = time.perf_counter()
+        loss, _ = run_epoch(model, batches, loss_function, precision, optimizer, scaler)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds += time.perf_counter() - start
+        losses.append(round(loss, 4))
+    return {
+        "amp": config.amp,
+        "precision": str(precision.dtype).removeprefix("torch.") if precision.active else "float32",
+        "images_per_second": round(epochs * len(data) / seconds, 1),
+        "train_loss_per_epoch": losses,
+        "trains": all(math.isfinite(loss) for loss in losses) and losses[-1] < losses[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--folder", type=Path, default=PROJECT / "data/sample", help="<folder>/<class>/<image>")
+    parser.add_argument("--model", default=None, help="a train.model (default: params.yaml's)")
+    parser.add_argument("--weights", type=Path, default=None, help="a local state dict, as train.weights")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per setting, after one warm-up epoch")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    args = parser.parse_args()
+    params = load_params(PROJECT / "params.yaml")
+    config = dataclasses.replace(
+        params.train, model=args.model or params.train.model, mode="fine_tuning", batch_size=args.batch_size
+    )
+    device = select_device(args.device)
+    data = in_memory(args.folder, params.data.classes, config.model, args.image_size)
+    results = [
+        fine_tune(data, dataclasses.replace(config, amp=amp), args.image_size, args.weights, device, args.epochs)
+        for amp in (False, True)
+    ]
+    on_cuda = device.type == "cuda"
+    report = {
+        "device": torch.cuda.get_device_name(device) if on_cuda else f"{device.type}, {platform.machine()}",
+        "torch": torch.__version__,
+        "model": config.model,
+        "image_size": args.image_size,
+        "batch_size": config.batch_size,
+        "images": len(data),
+        "results": results,
+    }
+    if on_cuda:
+        report["amp_speedup"] = round(results[1]["images_per_second"] / results[0]["images_per_second"], 2)
+    else:
+        report["note"] = f"mixed precision is active on CUDA only: on {device.type} both runs are float32"
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""The prepared mixed-precision check runs the train stage's epoch loop and reports that both settings train."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import PROJECT, make_image_folder
+
+
+def test_the_amp_benchmark_fine_tunes_with_and_without_mixed_precision(tmp_path: Path) -> None:
+    folder = make_image_folder(tmp_path / "photos", per_class=8)
+    command = [sys.executable, "benchmarks/amp.py", "--folder", str(folder), "--image-size", "32", "--epochs", "2"]
+    result = subprocess.run([*command, "--device", "cpu"], cwd=PROJECT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 24 and report["model"] == "efficientnet_lite0"
+    assert [run["amp"] for run in report["results"]] == [False, True]
+    for run in report["results"]:
+        assert run["trains"] and len(run["train_loss_per_epoch"]) == 2 and run["images_per_second"] > 0
+        assert run["precision"] == "float32"  # mixed precision is for CUDA only
+    assert "CUDA only" in report["note"]

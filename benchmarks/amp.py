@@ -45,7 +45,8 @@ def fine_tune(
 ) -> dict:
     """Images/s and loss per epoch of fine-tuning with `config.amp` on or off."""
     seed_everything(config.seed)
-    model = create_model(config.model, len(data.tensors[1].unique()), image_size, pretrained=True, weights=weights)
+    num_classes = int(data.tensors[1].max()) + 1
+    model = create_model(config.model, num_classes, image_size, pretrained=True, weights=weights)
     model = model.to(device, memory_format=torch.channels_last).train()
     precision = Precision(device, config.amp)
     optimizer = build_optimizer(parameter_groups(model, config), config)

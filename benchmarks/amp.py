@@ -8,7 +8,7 @@ images/s and the training loss per epoch: both must be finite, and the last belo
 Mixed precision is only active on CUDA (`train.amp`); elsewhere both settings run in full precision, and the
 report says so.
 
-    python benchmarks/amp.py                                   # data/sample, efficientnet_lite0, 224 px
+    python benchmarks/amp.py                                   # data/sample, params.yaml's model and input size
     python benchmarks/amp.py --folder ../shared/data/animals10-sample --model resnet18 --weights resnet18.pt
 """
 
@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--folder", type=Path, default=PROJECT / "data/sample", help="<folder>/<class>/<image>")
     parser.add_argument("--model", default=None, help="a train.model (default: params.yaml's)")
     parser.add_argument("--weights", type=Path, default=None, help="a local state dict, as train.weights")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=None, help="default: params.yaml's data.image_size")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per setting, after one warm-up epoch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -85,10 +85,11 @@ def main() -> None:
     config = dataclasses.replace(
         params.train, model=args.model or params.train.model, mode="fine_tuning", batch_size=args.batch_size
     )
+    image_size = args.image_size or params.data.image_size
     device = select_device(args.device)
-    data = in_memory(args.folder, params.data.classes, config.model, args.image_size)
+    data = in_memory(args.folder, params.data.classes, config.model, image_size)
     results = [
-        fine_tune(data, dataclasses.replace(config, amp=amp), args.image_size, args.weights, device, args.epochs)
+        fine_tune(data, dataclasses.replace(config, amp=amp), image_size, args.weights, device, args.epochs)
         for amp in (False, True)
     ]
     on_cuda = device.type == "cuda"
@@ -96,7 +97,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if on_cuda else f"{device.type}, {platform.machine()}",
         "torch": torch.__version__,
         "model": config.model,
-        "image_size": args.image_size,
+        "image_size": image_size,
         "batch_size": config.batch_size,
         "images": len(data),
         "results": results,

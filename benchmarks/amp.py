@@ -26,8 +26,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from imageclf.data import ImageDataset
 from imageclf.device import Precision, select_device
-from imageclf.models import create_model, preprocessing_for
-from imageclf.params import TrainParams, load_params
+from imageclf.errors import UserError, exits_cleanly
+from imageclf.models import Classifier, create_model, preprocessing_for
+from imageclf.params import DEVICES, TrainParams, load_params
 from imageclf.training import build_optimizer, parameter_groups, run_epoch, seed_everything
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -40,14 +41,9 @@ def in_memory(folder: Path, classes: list[str], model: str, image_size: int) -> 
     return TensorDataset(torch.stack(tensors), torch.tensor(labels))
 
 
-def fine_tune(
-    data: TensorDataset, config: TrainParams, image_size: int, weights: Path | None, device: torch.device, epochs: int
-) -> dict:
-    """Images/s and loss per epoch of fine-tuning with `config.amp` on or off."""
-    seed_everything(config.seed)
-    num_classes = int(data.tensors[1].max()) + 1
-    model = create_model(config.model, num_classes, image_size, pretrained=True, weights=weights)
-    model = model.to(device, memory_format=torch.channels_last).train()
+def fine_tune(model: Classifier, data: TensorDataset, config: TrainParams, device: torch.device, epochs: int) -> dict:
+    """Images/s and loss per epoch of fine-tuning `model` with `config.amp` on or off."""
+    model = model.to(device, memory_format=torch.channels_last).train()  # as the train stage's `fit` places it
     precision = Precision(device, config.amp)
     optimizer = build_optimizer(parameter_groups(model, config), config)
     scaler = precision.grad_scaler()
@@ -71,6 +67,7 @@ def fine_tune(
     }
 
 
+@exits_cleanly
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folder", type=Path, default=PROJECT / "data/sample", help="<folder>/<class>/<image>")
@@ -79,8 +76,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=None, help="default: params.yaml's data.image_size")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per setting, after one warm-up epoch")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     args = parser.parse_args()
+    if not args.folder.is_dir():
+        raise UserError(f"--folder '{args.folder}' is not a folder: give one with a subfolder per class")
     params = load_params(PROJECT / "params.yaml")
     config = dataclasses.replace(
         params.train, model=args.model or params.train.model, mode="fine_tuning", batch_size=args.batch_size
@@ -88,10 +87,11 @@ def main() -> None:
     image_size = args.image_size or params.data.image_size
     device = select_device(args.device)
     data = in_memory(args.folder, params.data.classes, config.model, image_size)
-    results = [
-        fine_tune(data, dataclasses.replace(config, amp=amp), image_size, args.weights, device, args.epochs)
-        for amp in (False, True)
-    ]
+    results = []
+    for amp in (False, True):
+        seed_everything(config.seed)  # the same head for both settings
+        model = create_model(config.model, len(params.data.classes), image_size, pretrained=True, weights=args.weights)
+        results.append(fine_tune(model, data, dataclasses.replace(config, amp=amp), device, args.epochs))
     on_cuda = device.type == "cuda"
     report = {
         "device": torch.cuda.get_device_name(device) if on_cuda else f"{device.type}, {platform.machine()}",

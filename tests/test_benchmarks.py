@@ -20,3 +20,12 @@ def test_the_amp_benchmark_fine_tunes_with_and_without_mixed_precision(tmp_path:
         assert run["trains"] and len(run["train_loss_per_epoch"]) == 2 and run["images_per_second"] > 0
         assert run["precision"] == "float32"  # mixed precision is for CUDA only
     assert "CUDA only" in report["note"]
+
+
+def test_the_amp_benchmark_names_a_missing_folder_in_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, "benchmarks/amp.py", "--folder", str(tmp_path / "missing"), "--device", "cpu"]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
+    assert result.returncode == 1
+    missing = tmp_path / "missing"
+    expected = f"error: --folder '{missing}' is not a folder: give one with a subfolder per class"
+    assert result.stderr.strip().splitlines() == [expected]

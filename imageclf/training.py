@@ -235,7 +235,7 @@ def fit(
     Under torchrun each process trains on its share of every batch (DistributedDataParallel); all of them
     validate on the whole val set, and only the first saves checkpoints.
     """
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)  # convolutions twice as fast on a CPU; a head is unaffected
     precision = Precision(device, config.amp)
     scaler = precision.grad_scaler()
     train_labels = labels_of(train_data)

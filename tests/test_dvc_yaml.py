@@ -1,15 +1,19 @@
 """`dvc.yaml` names exactly the code each stage runs, so a change to any of it reruns the stage and nothing else.
 
-The code is measured, not listed by hand: the import closure of each `stages/<name>.py` within the project.
+The code is measured, not listed by hand: the import closure of each `stages/<name>.py` within the project. So are
+the params: the keys each stage's code reads on a real run, recorded by `tests/record_param_reads.py`.
 """
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, copy_project, make_image_folder, tiny_params
 
 
 def stages() -> dict[str, dict]:
@@ -93,3 +97,43 @@ def test_the_closure_follows_every_import_form() -> None:
     assert "imageclf/errors.py" in closure  # reached only through other modules, too
     assert "imageclf/models.py" in import_closure(Path("imageclf") / "params.py")  # inside _check_train
     assert "imageclf/__init__.py" not in closure  # a docstring only
+
+
+def flat_keys(values: dict, prefix: str = "") -> list[str]:
+    """`section.key` of every leaf of params.yaml, in file order (a list, such as augment.transforms, is one leaf)."""
+    keys = []
+    for name, value in values.items():
+        keys += flat_keys(value, f"{prefix}{name}.") if isinstance(value, dict) else [prefix + name]
+    return keys
+
+
+@pytest.fixture(scope="module")
+def params_read(tmp_path_factory: pytest.TempPathFactory) -> dict[str, set[str]]:
+    """The params keys each stage read, running the stages' own commands in order on a tiny generated project."""
+    root = tmp_path_factory.mktemp("param-reads")
+    project = copy_project(root / "project", **tiny_params(make_image_folder(root / "raw")))
+    recorder = PROJECT / "tests" / "record_param_reads.py"
+    reads = {}
+    for name, stage in stages().items():
+        python, option, module, *args = stage["cmd"].split()
+        assert (python, option) == ("python", "-m"), f"stage '{name}': expected 'python -m MODULE ...'"
+        out = root / f"{name}.json"
+        result = subprocess.run(
+            [sys.executable, str(recorder), str(out), module, *args], cwd=project, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        reads[name] = set(json.loads(out.read_text()))
+    return reads
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(stages()))
+def test_stage_params_list_exactly_the_keys_it_reads(name: str, params_read: dict[str, set[str]]) -> None:
+    """A key read but not listed leaves the stage stale when it changes; one listed but unread reruns it for nothing."""
+    expected = [
+        key for key in flat_keys(yaml.safe_load((PROJECT / "params.yaml").read_text())) if key in params_read[name]
+    ]
+    assert stages()[name]["params"] == expected, (
+        f"dvc.yaml: the params of stage '{name}' must be the keys its code reads, in params.yaml order:\n"
+        + "\n".join(f"      - {key}" for key in expected)
+    )

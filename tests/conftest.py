@@ -31,3 +31,10 @@ def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ran, output = dvc_repro(project)
     assert ran == {"split", "augment", "train", "evaluate"}, output
     return project
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the reproduced project waits for a full `dvc repro`: it is slow wherever it lives."""
+    for item in items:
+        if "reproduced_project" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

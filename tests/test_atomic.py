@@ -12,6 +12,8 @@ import pytest
 from imageclf.data import MANIFEST_NAME, read_manifest
 from tests.helpers import copy_project, make_image_folder, set_params, tiny_params
 
+pytestmark = pytest.mark.slow  # kills real dvc repro runs part way
+
 
 def repro(project: Path, stage: str) -> set[str]:
     """Run the real `dvc repro STAGE`; return the stages it ran."""

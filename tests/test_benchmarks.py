@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import PROJECT, make_image_folder
+
+pytestmark = pytest.mark.slow  # runs the benchmark scripts, which fine-tune a model
 
 
 def test_the_amp_benchmark_fine_tunes_with_and_without_mixed_precision(tmp_path: Path) -> None:

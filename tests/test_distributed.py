@@ -10,6 +10,8 @@ import torch
 
 from tests.helpers import copy_project, make_image_folder, tiny_params
 
+pytestmark = pytest.mark.slow  # trains under torchrun, two processes
+
 TOLERANCE = 1e-4  # summation order differs between one process and two, so results agree to rounding only
 
 

@@ -134,6 +134,7 @@ def test_the_model_file_does_not_depend_on_the_weights_memory_layout(tmp_path: P
     assert (tmp_path / "channels_last.pt").read_bytes() == (tmp_path / "standard.pt").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_every_model_trains_a_step_in_every_mode(
     name: str, tmp_path: Path, split_folders: Callable[[int], Path]

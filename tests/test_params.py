@@ -49,6 +49,7 @@ def test_a_bad_value_is_named(tmp_path: Path, section: str, key: str, value: obj
         load_params(write_params(tmp_path, section, key, value))
 
 
+@pytest.mark.slow
 def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> None:
     write_params(tmp_path, "train", "learning_rte", 0.1)
     result = subprocess.run(
@@ -86,6 +87,7 @@ def test_a_bad_data_split_or_augment_value_is_named(
         load_params(write_params(tmp_path, section, key, value))
 
 
+@pytest.mark.slow
 def test_split_checks_params_before_touching_any_file(tmp_path: Path) -> None:
     write_params(tmp_path, "data", "raw_dri", "photos")
     result = subprocess.run(

@@ -62,6 +62,7 @@ def save_every_mode(folder: Path) -> list[str]:
     return sorted(images)
 
 
+@pytest.mark.slow
 def test_every_mode_is_predicted_and_json_probabilities_sum_to_one(tmp_path: Path, always_cat: Path) -> None:
     names = save_every_mode(tmp_path / "photos")
     result = run("predict", "photos", "--model", str(always_cat), "--json", cwd=tmp_path)
@@ -74,6 +75,7 @@ def test_every_mode_is_predicted_and_json_probabilities_sum_to_one(tmp_path: Pat
         assert list(row["probabilities"]) == CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
 
 
+@pytest.mark.slow
 def test_table_shows_top_k_and_a_corrupt_file_gives_one_error(tmp_path: Path, always_cat: Path) -> None:
     photos = make_image_folder(tmp_path / "photos", per_class=2)
     (photos / "dog/broken.jpg").write_text("not an image")
@@ -94,6 +96,7 @@ def test_table_shows_top_k_and_a_corrupt_file_gives_one_error(tmp_path: Path, al
         assert row[1:] == ["cat", f"{CAT_CONFIDENCE:.3f}", "cat", f"{CAT_CONFIDENCE:.3f}", "dog", f"{other:.3f}"]
 
 
+@pytest.mark.slow
 def test_accuracy_and_misses_from_class_folders(tmp_path: Path, always_cat: Path) -> None:
     photos = make_image_folder(tmp_path / "photos", per_class=2)
     for path in photos.rglob("*.jpg"):
@@ -109,6 +112,7 @@ def test_accuracy_and_misses_from_class_folders(tmp_path: Path, always_cat: Path
     ]
 
 
+@pytest.mark.slow
 def test_accuracy_from_file_names_with_json_on_stderr(tmp_path: Path, always_cat: Path) -> None:
     """The study group's convention: cat_dark.jpg, dog_multiple.jpg, horse_up.jpg, all in one folder."""
     photos = tmp_path / "photos"
@@ -166,6 +170,7 @@ def test_views_keep_a_subject_at_the_left_edge() -> None:
         views(photo, "zoom")
 
 
+@pytest.mark.slow
 def test_a_model_for_other_classes_or_no_model_is_named(tmp_path: Path, always_cat: Path) -> None:
     with pytest.raises(UserError, match=f"model '{always_cat}' was trained for classes"):
         load_model_for(always_cat, ["cat", "dog"])

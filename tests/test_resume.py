@@ -8,7 +8,11 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import copy_project, make_image_folder, set_params, tiny_params
+
+pytestmark = pytest.mark.slow  # kills a real dvc repro during training, then resumes it
 
 EPOCHS = 6
 

@@ -12,6 +12,8 @@ from imageclf.models import create_model
 from imageclf.regression import fit_line
 from imageclf.summary import model_summary
 
+pytestmark = pytest.mark.slow  # each test runs the imageclf command, which loads torch
+
 
 def run(*args: str, cwd: Path | None = None) -> str:
     return subprocess.run(["imageclf", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout

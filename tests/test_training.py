@@ -74,6 +74,7 @@ def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_pat
     assert summary["last"]["val_loss"] == val_losses[-1]
 
 
+@pytest.mark.slow
 def test_training_from_zero_changes_every_layer_and_is_deterministic(tmp_path: Path) -> None:
     train_data, val_data = datasets(tmp_path, "original", 112)
     config = train_config(model="original", mode="fromzero", epochs=2, batch_size=8, lr=0.01, seed=0)
@@ -89,6 +90,7 @@ def test_training_from_zero_changes_every_layer_and_is_deterministic(tmp_path: P
     assert len(runs[0][1]) == len(before)
 
 
+@pytest.mark.slow
 def test_fine_tuning_scales_the_backbone_lr_and_warms_up_with_the_backbone_frozen(tmp_path: Path) -> None:
     train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
     config = train_config(mode="fine_tuning", epochs=1, batch_size=16, lr=0.01, backbone_lr_scale=0.1)

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from imageclf.data import MANIFEST_NAME, ImageDataset
+from imageclf.data import ImageDataset
 from imageclf.device import Precision, is_distributed, loader_options, rank, select_device, world_size
 from imageclf.errors import UserError, warn
 from imageclf.features import cached_features
@@ -380,13 +380,20 @@ def train_classifier(
     return result
 
 
-def run_fingerprint(params: Params, train_dir: Path, val_dir: Path) -> str:
-    """A hash of everything a checkpoint depends on: the train params, classes, input size and both manifests."""
+def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDataset) -> str:
+    """A hash of everything a checkpoint depends on: the train params, classes, input size, and each image's
+    label and bytes in the order trained on.
+
+    The bytes, not the manifests: an augmented manifest names each image by its source photo's hash, so a
+    changed `augment.seed` or `augment.transforms` keeps the manifest and changes the pictures.
+    """
     digest = hashlib.sha256()
     settings = {"train": asdict(params.train), "classes": params.data.classes, "image_size": params.data.image_size}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for folder in (train_dir, val_dir):
-        digest.update((Path(folder) / MANIFEST_NAME).read_bytes())
+    for dataset in (train_data, val_data):
+        digest.update(str(len(dataset)).encode())
+        for path, label in zip(dataset.paths, dataset.labels, strict=True):
+            digest.update(f"{label}:".encode() + hashlib.sha256(Path(path).read_bytes()).digest())
     return digest.hexdigest()
 
 
@@ -409,14 +416,16 @@ def train_from_params(
         weights=Path(train.weights) if train.weights else None,
         dropout=train.dropout,
     )
+    train_data = ImageDataset.from_manifest(train_dir, data.classes, preprocessing)
+    val_data = ImageDataset.from_manifest(val_dir, data.classes, preprocessing)
     checkpointing = None
     if checkpoint_path is not None:
-        fingerprint = run_fingerprint(params, train_dir, val_dir)
+        fingerprint = run_fingerprint(params, train_data, val_data)
         checkpointing = Checkpointing(Path(checkpoint_path), train.checkpoint_every, fingerprint)
     result = train_classifier(
         model,
-        ImageDataset.from_manifest(train_dir, data.classes, preprocessing),
-        ImageDataset.from_manifest(val_dir, data.classes, preprocessing),
+        train_data,
+        val_data,
         train,
         select_device(train.device),
         checkpointing,

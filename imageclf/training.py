@@ -26,6 +26,7 @@ from imageclf.errors import UserError, warn
 from imageclf.features import cached_features
 from imageclf.files import write_atomic
 from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
+from imageclf.optim import build_optimizer, build_schedule, step_schedule
 from imageclf.params import Params, TrainParams
 
 
@@ -142,33 +143,6 @@ def parameter_groups(model: nn.Module, config: TrainParams) -> list[dict]:
     ]
 
 
-def build_optimizer(groups: list[dict], config: TrainParams) -> torch.optim.Optimizer:
-    decay = config.weight_decay
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, weight_decay=decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
-    return torch.optim.RMSprop(groups, momentum=config.momentum, weight_decay=decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams) -> torch.optim.lr_scheduler.LRScheduler:
-    schedule = config.schedule
-    if schedule.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if schedule.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.step_size, gamma=schedule.gamma)
-    if schedule.name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max" if config.early_stopping.monitor == "val_accuracy" else "min",
-            factor=schedule.gamma,
-            patience=schedule.patience,
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-
-
 def build_sampler(labels: torch.Tensor, config: TrainParams, generator: torch.Generator) -> Sampler:
     """A shuffle, or a weighted draw that shows every class equally often (for imbalanced classes)."""
     if config.sampler == "weighted":
@@ -246,7 +220,7 @@ def fit(
     )
     val_loss_function = nn.CrossEntropyLoss()  # plain, so val loss compares across runs
     optimizer = build_optimizer(parameter_groups(model, config), config)
-    scheduler = build_scheduler(optimizer, config)
+    scheduler = build_schedule(optimizer, config)
     generator = torch.Generator().manual_seed(config.seed)
     loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
     processes = world_size()
@@ -311,10 +285,7 @@ def fit(
         if early_stopping.update(getattr(stats, monitor)):
             result.best_epoch, result.best_state = epoch, copy.deepcopy(model.state_dict())
         convergence.update(train_accuracy)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(getattr(stats, monitor))
-        else:
-            scheduler.step()
+        step_schedule(scheduler, getattr(stats, monitor))
         progress.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
 
         if early_stopping.exhausted:

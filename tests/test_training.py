@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -16,7 +17,8 @@ from imageclf.data import ImageDataset, make_split
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError
 from imageclf.models import create_model, preprocessing_for
-from imageclf.params import OPTIMIZERS, TrainParams, load_params
+from imageclf.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
+from imageclf.params import TrainParams, load_params
 from imageclf.training import (
     Checkpointing,
     build_sampler,
@@ -113,6 +115,24 @@ def test_each_optimizer_lowers_the_training_loss(optimizer: str) -> None:
     config = train_config(optimizer=optimizer, nesterov=optimizer == "sgd", lr=0.05, epochs=8, batch_size=16)
     result = fit(head(), features(90, seed=1), features(30, seed=2), config, CPU)
     assert result.history[-1].train_loss < 0.5 * result.history[0].train_loss
+
+
+@pytest.mark.parametrize(("key", "table"), [("optimizer", OPTIMIZERS), ("schedule.name", SCHEDULES)])
+def test_every_table_name_builds_and_params_refuse_any_other(tmp_path: Path, key: str, table: dict) -> None:
+    for name in table:
+        config = train_config(optimizer=name) if key == "optimizer" else schedule_config(name)
+        optimizer = build_optimizer(parameter_groups(head(), config), config)
+        schedule = build_schedule(optimizer, config)
+        assert isinstance(optimizer, torch.optim.Optimizer) and schedule.optimizer is optimizer
+
+    values = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    section, name = ("train", key) if key == "optimizer" else ("train", "schedule")
+    values[section][name] = "lion" if key == "optimizer" else {**values["train"]["schedule"], "name": "lion"}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(UserError) as refused:
+        load_params(path)
+    assert str(refused.value) == f"{path}: 'train.{key}' is 'lion'; allowed: {', '.join(table)}"
 
 
 def schedule_config(name: str, **changes: object) -> TrainParams:

@@ -26,7 +26,7 @@ from imageclf.errors import UserError, warn
 from imageclf.features import cached_features
 from imageclf.files import write_atomic
 from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
-from imageclf.optim import build_optimizer, build_schedule, step_schedule
+from imageclf.optim import Schedule, build_optimizer, build_schedule, step_schedule
 from imageclf.params import Params, TrainParams
 
 
@@ -117,6 +117,10 @@ class Checkpointing:
             return None
         return state
 
+    def due(self, epoch: int, finished: bool) -> bool:
+        """Every `every` epochs (0: never), and after the last one, so a finished run resumes as finished."""
+        return self.every > 0 and (epoch % self.every == 0 or finished)
+
     def save(self, state: dict) -> None:
         buffer = io.BytesIO()
         torch.save({**state, "fingerprint": self.fingerprint}, buffer)
@@ -124,6 +128,93 @@ class Checkpointing:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class TrainingState:
+    """Everything one epoch hands to the next, so everything a checkpoint holds and a resumed run restores.
+
+    `state_dict` and `load_state_dict` are the one place that says what a checkpoint is.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # draws the order of the training batches
+    early_stopping: Plateau
+    convergence: Plateau
+    result: FitResult = field(default_factory=FitResult)
+
+    @classmethod
+    def start(cls, model: nn.Module, config: TrainParams, precision: Precision) -> "TrainingState":
+        optimizer = build_optimizer(parameter_groups(model, config), config)
+        stopping = config.early_stopping
+        return cls(
+            model,
+            optimizer,
+            build_schedule(optimizer, config),
+            precision.grad_scaler(),
+            torch.Generator().manual_seed(config.seed),
+            Plateau(stopping.patience, stopping.min_delta, higher_is_better=stopping.monitor == "val_accuracy"),
+            Plateau(config.convergence.patience, config.convergence.min_delta, higher_is_better=True),
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "early_stopping": asdict(self.early_stopping),
+            "convergence": asdict(self.convergence),
+            "history": [asdict(epoch) for epoch in self.result.history],
+            "best_epoch": self.result.best_epoch,
+            "best_state": self.result.best_state,
+            "stop_reason": self.result.stop_reason,
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        self.early_stopping, self.convergence = Plateau(**saved["early_stopping"]), Plateau(**saved["convergence"])
+        history = [EpochStats(**epoch) for epoch in saved["history"]]
+        self.result = FitResult(history, saved["best_epoch"], saved["best_state"], saved["stop_reason"])
+
+    def resume(self, checkpointing: Checkpointing) -> None:
+        """Continue from the checkpoint of this run, if there is one."""
+        saved = checkpointing.load()
+        if saved is None:
+            return
+        self.load_state_dict(saved)
+        if rank() == 0:
+            print(f"resuming from the checkpoint of epoch {len(self.result.history)} ({checkpointing.path})")
+
+    def epochs_left(self, epochs: int) -> range:
+        """The epochs still to run: all for a new run, those after its checkpoint for a resumed one, none for a
+        run that stopped early."""
+        if self.result.stop_reason:
+            return range(0)
+        return range(len(self.result.history) + 1, epochs + 1)
+
+    def end_epoch(self, stats: EpochStats, monitor: str) -> None:
+        """Record the epoch; keep its weights if `monitor` is the best so far; step the schedule; decide to stop."""
+        result = self.result
+        result.history.append(stats)
+        if self.early_stopping.update(getattr(stats, monitor)):
+            result.best_epoch, result.best_state = stats.epoch, copy.deepcopy(self.model.state_dict())
+        self.convergence.update(stats.train_accuracy)
+        step_schedule(self.schedule, getattr(stats, monitor))
+        if self.early_stopping.exhausted:
+            result.stop_reason = f"early stopping: {monitor} has not improved for {self.early_stopping.patience} epochs"
+        elif self.convergence.exhausted:
+            result.stop_reason = f"converged: train accuracy has not risen for {self.convergence.patience} epochs"
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
@@ -194,6 +285,68 @@ def run_epoch(
     return total_loss / seen, correct / seen
 
 
+def loss_functions(
+    train_data: Dataset, val_data: Dataset, config: TrainParams, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """The training loss, with the label smoothing and class weights asked for, and a plain val loss that
+    compares across runs."""
+    train_labels = labels_of(train_data)
+    num_classes = int(max(train_labels.max(), labels_of(val_data).max())) + 1
+    weights = class_weights(train_labels, num_classes, config)
+    train_loss = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
+    )
+    return train_loss, nn.CrossEntropyLoss()
+
+
+def data_loaders(
+    train_data: Dataset, val_data: Dataset, config: TrainParams, device: torch.device, generator: torch.Generator
+) -> tuple[DataLoader, DataLoader]:
+    """Training batches in the order `generator` draws (under torchrun, each process its share of every
+    batch); val batches in file order, the whole val set in every process."""
+    processes = world_size()
+    if processes > 1:
+        if config.sampler == "weighted":
+            raise UserError("train.sampler: weighted does not run under torchrun: use train.class_weights: balanced")
+        sampler = DistributedSampler(train_data, num_replicas=processes, rank=rank(), seed=config.seed)
+    else:
+        sampler = build_sampler(labels_of(train_data), config, generator)
+    loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
+    batch_size = max(1, config.batch_size // processes)  # the same batch in all, however many processes share it
+    return (
+        DataLoader(train_data, batch_size=batch_size, sampler=sampler, **loading),
+        DataLoader(val_data, batch_size=config.batch_size, **loading),
+    )
+
+
+class TrainableLayers:
+    """Which layers train in an epoch, and the module that trains them.
+
+    In fine-tuning the backbone stays frozen for the first `train.warmup_epochs` epochs. Under torchrun the
+    module is a DistributedDataParallel wrapper, made again when the set of trainable layers changes: DDP
+    syncs the gradients of the parameters that train when it wraps the model.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainParams):
+        self.model, self.warmup_epochs = model, config.warmup_epochs
+        self.fine_tuning = isinstance(model, Classifier) and config.mode == "fine_tuning"
+        self.wrapper: nn.Module | None = None
+        self.wrapped_frozen = False
+
+    def for_epoch(self, epoch: int) -> nn.Module:
+        backbone_frozen = self.fine_tuning and epoch <= self.warmup_epochs
+        self.model.train()
+        if backbone_frozen:
+            self.model.backbone.requires_grad_(False).eval()
+        elif self.fine_tuning:
+            self.model.backbone.requires_grad_(True)
+        if world_size() == 1:
+            return self.model
+        if self.wrapper is None or backbone_frozen != self.wrapped_frozen:
+            self.wrapper, self.wrapped_frozen = DistributedDataParallel(self.model), backbone_frozen
+        return self.wrapper
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -211,111 +364,39 @@ def fit(
     """
     model.to(device, memory_format=torch.channels_last)  # convolutions twice as fast on a CPU; a head is unaffected
     precision = Precision(device, config.amp)
-    scaler = precision.grad_scaler()
-    train_labels = labels_of(train_data)
-    num_classes = int(max(train_labels.max(), labels_of(val_data).max())) + 1
-    weights = class_weights(train_labels, num_classes, config)
-    train_loss_function = nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
-    )
-    val_loss_function = nn.CrossEntropyLoss()  # plain, so val loss compares across runs
-    optimizer = build_optimizer(parameter_groups(model, config), config)
-    scheduler = build_schedule(optimizer, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
-    processes = world_size()
-    if processes > 1:
-        if config.sampler == "weighted":
-            raise UserError("train.sampler: weighted does not run under torchrun: use train.class_weights: balanced")
-        sampler = DistributedSampler(train_data, num_replicas=processes, rank=rank(), seed=config.seed)
-    else:
-        sampler = build_sampler(train_labels, config, generator)
-    batch_size = max(1, config.batch_size // processes)  # the same batch in all, however many processes share it
-    train_batches = DataLoader(train_data, batch_size=batch_size, sampler=sampler, **loading)
-    val_batches = DataLoader(val_data, batch_size=config.batch_size, **loading)
+    train_loss_function, val_loss_function = loss_functions(train_data, val_data, config, device)
+    state = TrainingState.start(model, config, precision)
+    if checkpointing:
+        state.resume(checkpointing)
+    train_batches, val_batches = data_loaders(train_data, val_data, config, device, state.generator)
+    trainable = TrainableLayers(model, config)
     monitor = config.early_stopping.monitor
-    early_stopping = Plateau(
-        config.early_stopping.patience, config.early_stopping.min_delta, higher_is_better=monitor == "val_accuracy"
-    )
-    convergence = Plateau(config.convergence.patience, config.convergence.min_delta, higher_is_better=True)
-    result = FitResult()
 
-    saved = checkpointing.load() if checkpointing else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
-        early_stopping, convergence = Plateau(**saved["early_stopping"]), Plateau(**saved["convergence"])
-        history = [EpochStats(**epoch) for epoch in saved["history"]]
-        result = FitResult(history, saved["best_epoch"], saved["best"], saved["stop_reason"])
-        if rank() == 0:
-            print(f"resuming from the checkpoint of epoch {len(history)} ({checkpointing.path})")
-
-    fine_tuning = isinstance(model, Classifier) and config.mode == "fine_tuning"
-    first_epoch = config.epochs + 1 if result.stop_reason else len(result.history) + 1
-    progress = tqdm(range(first_epoch, config.epochs + 1), desc="train", unit="epoch", disable=rank() != 0)
-    network, network_frozen = model, None
+    progress = tqdm(state.epochs_left(config.epochs), desc="train", unit="epoch", disable=rank() != 0)
     for epoch in progress:
-        backbone_frozen = fine_tuning and epoch <= config.warmup_epochs
-        model.train()
-        if backbone_frozen:
-            model.backbone.requires_grad_(False).eval()
-        elif fine_tuning:
-            model.backbone.requires_grad_(True)
-        if processes > 1 and backbone_frozen != network_frozen:  # DDP syncs the parameters that train when wrapped
-            network, network_frozen = DistributedDataParallel(model), backbone_frozen
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
+        if isinstance(train_batches.sampler, DistributedSampler):
+            train_batches.sampler.set_epoch(epoch)
         train_loss, train_accuracy = run_epoch(
-            network,
+            trainable.for_epoch(epoch),
             tqdm(train_batches, leave=False, delay=1, desc=f"epoch {epoch}"),
             train_loss_function,
             precision,
-            optimizer,
-            scaler,
+            state.optimizer,
+            state.scaler,
         )
         model.eval()
         val_loss, val_accuracy = run_epoch(model, val_batches, val_loss_function, precision)
-        stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, optimizer.param_groups[-1]["lr"])
-        result.history.append(stats)
-
-        if early_stopping.update(getattr(stats, monitor)):
-            result.best_epoch, result.best_state = epoch, copy.deepcopy(model.state_dict())
-        convergence.update(train_accuracy)
-        step_schedule(scheduler, getattr(stats, monitor))
+        lr = state.optimizer.param_groups[-1]["lr"]
+        state.end_epoch(EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr), monitor)
         progress.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
 
-        if early_stopping.exhausted:
-            result.stop_reason = f"early stopping: {monitor} has not improved for {early_stopping.patience} epochs"
-        elif convergence.exhausted:
-            result.stop_reason = f"converged: train accuracy has not risen for {convergence.patience} epochs"
-        checkpoint_due = (
-            checkpointing and checkpointing.every and (epoch % checkpointing.every == 0 or result.stop_reason)
-        )
-        if checkpoint_due and rank() == 0:
-            checkpointing.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "generator": generator.get_state(),
-                    "rng": torch.get_rng_state(),
-                    "early_stopping": asdict(early_stopping),
-                    "convergence": asdict(convergence),
-                    "history": [asdict(epoch) for epoch in result.history],
-                    "best_epoch": result.best_epoch,
-                    "best": result.best_state,
-                    "stop_reason": result.stop_reason,
-                }
-            )
-        if result.stop_reason:
-            progress.write(f"stopped after epoch {epoch}: {result.stop_reason}")
+        stop_reason = state.result.stop_reason
+        if checkpointing and checkpointing.due(epoch, finished=bool(stop_reason)) and rank() == 0:
+            checkpointing.save(state.state_dict())
+        if stop_reason:
+            progress.write(f"stopped after epoch {epoch}: {stop_reason}")
             break
-    return result
+    return state.result
 
 
 def train_classifier(

@@ -355,7 +355,8 @@ def fit(
     device: torch.device,
     checkpointing: Checkpointing | None = None,
 ) -> FitResult:
-    """Train `model` for up to `config.epochs`; keep the weights of the best epoch by the monitored val metric.
+    """Train `model` for up to `config.epochs` and leave it holding the weights of its best epoch by the
+    monitored val metric (the same weights as the result's `best_state`).
 
     `model` is a whole Classifier, or just a head when training on precomputed features. With
     `checkpointing`, the state is saved every few epochs and a saved state of the same run is resumed.
@@ -396,6 +397,7 @@ def fit(
         if stop_reason:
             progress.write(f"stopped after epoch {epoch}: {stop_reason}")
             break
+    model.load_state_dict(state.result.best_state)
     return state.result
 
 
@@ -427,9 +429,7 @@ def train_classifier(
         if rank() == 0 and is_distributed():
             torch.distributed.barrier()
         trainable = model.head
-    result = fit(trainable, train_inputs, val_inputs, config, device, checkpointing)
-    trainable.load_state_dict(result.best_state)
-    return result
+    return fit(trainable, train_inputs, val_inputs, config, device, checkpointing)
 
 
 def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDataset) -> str:

@@ -58,7 +58,7 @@ def head() -> nn.Module:
     return nn.Sequential(nn.Dropout(0.0), nn.Linear(8, 3))
 
 
-def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_path: Path) -> None:
+def test_transfer_learning_trains_the_head_only(tmp_path: Path) -> None:
     train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
     backbone_before = copy.deepcopy(model.backbone.state_dict())
@@ -74,6 +74,33 @@ def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_pat
     summary = result.summary()
     assert summary["epochs"] == 4 and summary["best"]["val_loss"] == min(val_losses)
     assert summary["last"]["val_loss"] == val_losses[-1]
+
+
+def mislabelled(count: int, seed: int, every: int) -> TensorDataset:
+    """Learnable features with every `every`-th label wrong: val loss falls, then rises as the head grows
+    confident on the wrong ones."""
+    vectors, labels = features(count, seed).tensors
+    labels = labels.clone()
+    labels[::every] = (labels[::every] + 1) % 3
+    return TensorDataset(vectors, labels)
+
+
+def test_fit_leaves_the_model_holding_its_best_epoch_not_its_last() -> None:
+    config = train_config(lr=0.02, epochs=12, batch_size=16)
+    config = dataclasses.replace(config, early_stopping=dataclasses.replace(config.early_stopping, patience=0))
+    model, val_data = head(), mislabelled(30, seed=2, every=5)
+    result = fit(model, features(90, seed=1), val_data, config, CPU)
+
+    val_losses = [epoch.val_loss for epoch in result.history]
+    assert len(val_losses) == 12 and 1 < result.best_epoch < 12
+    assert result.best_epoch == val_losses.index(min(val_losses)) + 1
+    assert val_losses[-1] > min(val_losses) + 0.05, "the last epoch must be clearly worse than the best"
+    vectors, labels = val_data.tensors
+    with torch.no_grad():
+        recomputed = nn.functional.cross_entropy(model.eval()(vectors), labels).item()
+    assert recomputed == pytest.approx(min(val_losses), abs=1e-5)
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in result.best_state.items())
+    assert result.summary()["best"]["val_loss"] == min(val_losses)
 
 
 def test_training_from_zero_changes_every_layer_and_is_deterministic(tmp_path: Path) -> None:

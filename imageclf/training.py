@@ -1,7 +1,7 @@
 """The training loop, read top to bottom: features once (frozen backbone), then epochs of train and validate.
 
-`train_from_params` builds the model for `train.mode`; `fit` runs the epochs with the optimizer, schedule,
-early stopping and checkpoints that `train.*` asks for.
+`train_from_params` builds the architecture `train.model` for `train.mode`; `fit` runs the epochs with the
+optimizer, schedule, early stopping and checkpoints that `train.*` asks for.
 """
 
 import copy
@@ -251,14 +251,15 @@ def class_weights(labels: torch.Tensor, num_classes: int, config: TrainParams) -
 
 
 def run_epoch(
-    model: nn.Module,
+    network: nn.Module,
     batches: Iterable,
     loss_function: nn.Module,
     precision: Precision,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
-    """One pass over `batches`: trains when given an optimizer (and its scaler), else only evaluates.
+    """One pass of `network` (a model, or its DistributedDataParallel wrapper) over `batches`: trains when given
+    an optimizer (and its scaler), else only evaluates.
 
     Returns (loss, accuracy); in training under torchrun, over the batches of every process.
     """
@@ -268,7 +269,7 @@ def run_epoch(
         for inputs, targets in batches:
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with precision.autocast():
-                logits = model(inputs)
+                logits = network(inputs)
                 loss = loss_function(logits.float(), targets)
             if optimizer is not None and scaler is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -415,21 +416,22 @@ def train_classifier(
     computed once, and only the head trains on them, so an epoch costs milliseconds instead of a forward
     pass over every image.
     """
-    trainable: nn.Module = model
+    network: nn.Module = model  # what fit trains: the whole classifier, or its head on precomputed features
     train_inputs: Dataset = train_data
     val_inputs: Dataset = val_data
     if config.mode == "transfer_learning":
+        architecture = config.model
         model.backbone.requires_grad_(False)
         if rank() > 0:
             torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
         train_inputs, val_inputs = (
-            cached_features(config.model, model.backbone, data, device, name).dataset
+            cached_features(architecture, model.backbone, data, device, name).dataset
             for data, name in ((train_data, "train"), (val_data, "val"))
         )
         if rank() == 0 and is_distributed():
             torch.distributed.barrier()
-        trainable = model.head
-    return fit(trainable, train_inputs, val_inputs, config, device, checkpointing)
+        network = model.head
+    return fit(network, train_inputs, val_inputs, config, device, checkpointing)
 
 
 def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDataset) -> str:
@@ -452,16 +454,17 @@ def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDat
 def train_from_params(
     params: Params, train_dir: Path, val_dir: Path, checkpoint_path: Path | None = None
 ) -> tuple[SavedModel, FitResult]:
-    """Build the model `train.model` for `train.mode` and train it on the two manifest folders.
+    """Build the architecture `train.model` for `train.mode` and train it on the two manifest folders.
 
     With `checkpoint_path`, a run killed part way resumes from its last checkpoint; the checkpoint
     is removed once training has finished.
     """
     data, train = params.data, params.train
+    architecture = train.model
     seed_everything(train.seed)  # before the head is created, so its initial weights are the same every run
-    preprocessing = preprocessing_for(train.model, data.image_size)
+    preprocessing = preprocessing_for(architecture, data.image_size)
     model = create_model(
-        train.model,
+        architecture,
         len(data.classes),
         data.image_size,
         pretrained=train.mode != "fromzero",
@@ -484,4 +487,4 @@ def train_from_params(
     )
     if checkpointing is not None and rank() == 0:
         checkpointing.remove()
-    return SavedModel(model.cpu().eval(), train.model, data.classes, preprocessing), result
+    return SavedModel(model.cpu().eval(), architecture, data.classes, preprocessing), result

@@ -335,6 +335,7 @@ class TrainableLayers:
         self.wrapped_frozen = False
 
     def for_epoch(self, epoch: int) -> nn.Module:
+        """Set the layers that train in `epoch` (in training mode) and return the module to train."""
         backbone_frozen = self.fine_tuning and epoch <= self.warmup_epochs
         self.model.train()
         if backbone_frozen:

@@ -28,8 +28,9 @@ from imageclf.data import ImageDataset
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError, exits_cleanly
 from imageclf.models import Classifier, create_model, preprocessing_for
+from imageclf.optim import build_optimizer
 from imageclf.params import DEVICES, TrainParams, load_params
-from imageclf.training import build_optimizer, parameter_groups, run_epoch, seed_everything
+from imageclf.training import parameter_groups, run_epoch, seed_everything
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -1,5 +1,6 @@
 """The one place that reads `params.yaml` and checks it: unknown keys, wrong types and bad values fail early."""
 
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -7,11 +8,11 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from imageclf.errors import UserError
+from imageclf.models import MODELS
+from imageclf.optim import OPTIMIZERS, SCHEDULES
 
 PARAMS_FILE = Path("params.yaml")
 TRAIN_MODES = ("fromzero", "transfer_learning", "fine_tuning")
-OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("none", "cosine", "step", "plateau")
 MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "weighted")
@@ -197,14 +198,12 @@ def _check_values(params: Params, path: Path) -> None:
     _require(evaluate.gallery_size >= 0, path, "evaluate.gallery_size", evaluate.gallery_size, "it must be 0 or more")
 
 
-def _one_of(value: str, choices: tuple[str, ...], path: Path, key: str) -> None:
+def _one_of(value: str, choices: Collection[str], path: Path, key: str) -> None:
     _require(value in choices, path, key, value, f"allowed: {', '.join(choices)}")
 
 
 def _check_train(train: TrainParams, path: Path) -> None:
-    from imageclf.models import MODELS  # here, so that reading params does not build the registry
-
-    _one_of(train.model, tuple(MODELS), path, "train.model")
+    _one_of(train.model, MODELS, path, "train.model")
     _one_of(train.mode, TRAIN_MODES, path, "train.mode")
     _require(
         not (train.weights and train.mode == "fromzero"),

@@ -1,7 +1,7 @@
 """The training loop, read top to bottom: features once (frozen backbone), then epochs of train and validate.
 
-`train_from_params` builds the model for `train.mode`; `fit` runs the epochs with the optimizer, schedule,
-early stopping and checkpoints that `train.*` asks for.
+`train_from_params` builds the architecture `train.model` for `train.mode`; `fit` runs the epochs with the
+optimizer, schedule, early stopping and checkpoints that `train.*` asks for.
 """
 
 import copy
@@ -20,12 +20,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from imageclf.data import MANIFEST_NAME, ImageDataset
+from imageclf.data import ImageDataset
 from imageclf.device import Precision, is_distributed, loader_options, rank, select_device, world_size
 from imageclf.errors import UserError, warn
 from imageclf.features import cached_features
 from imageclf.files import write_atomic
 from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
+from imageclf.optim import Schedule, build_optimizer, build_schedule, step_schedule
 from imageclf.params import Params, TrainParams
 
 
@@ -116,6 +117,10 @@ class Checkpointing:
             return None
         return state
 
+    def due(self, epoch: int, finished: bool) -> bool:
+        """Every `every` epochs (0: never), and after the last one, so a finished run resumes as finished."""
+        return self.every > 0 and (epoch % self.every == 0 or finished)
+
     def save(self, state: dict) -> None:
         buffer = io.BytesIO()
         torch.save({**state, "fingerprint": self.fingerprint}, buffer)
@@ -123,6 +128,93 @@ class Checkpointing:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+@dataclass
+class TrainingState:
+    """Everything one epoch hands to the next, so everything a checkpoint holds and a resumed run restores.
+
+    `state_dict` and `load_state_dict` are the one place that says what a checkpoint is.
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # draws the order of the training batches
+    early_stopping: Plateau
+    convergence: Plateau
+    result: FitResult = field(default_factory=FitResult)
+
+    @classmethod
+    def start(cls, model: nn.Module, config: TrainParams, precision: Precision) -> "TrainingState":
+        optimizer = build_optimizer(parameter_groups(model, config), config)
+        stopping = config.early_stopping
+        return cls(
+            model,
+            optimizer,
+            build_schedule(optimizer, config),
+            precision.grad_scaler(),
+            torch.Generator().manual_seed(config.seed),
+            Plateau(stopping.patience, stopping.min_delta, higher_is_better=stopping.monitor == "val_accuracy"),
+            Plateau(config.convergence.patience, config.convergence.min_delta, higher_is_better=True),
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": torch.get_rng_state(),
+            "early_stopping": asdict(self.early_stopping),
+            "convergence": asdict(self.convergence),
+            "history": [asdict(epoch) for epoch in self.result.history],
+            "best_epoch": self.result.best_epoch,
+            "best_state": self.result.best_state,
+            "stop_reason": self.result.stop_reason,
+        }
+
+    def load_state_dict(self, saved: dict) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["rng"])
+        self.early_stopping, self.convergence = Plateau(**saved["early_stopping"]), Plateau(**saved["convergence"])
+        history = [EpochStats(**epoch) for epoch in saved["history"]]
+        self.result = FitResult(history, saved["best_epoch"], saved["best_state"], saved["stop_reason"])
+
+    def resume(self, checkpointing: Checkpointing) -> None:
+        """Continue from the checkpoint of this run, if there is one."""
+        saved = checkpointing.load()
+        if saved is None:
+            return
+        self.load_state_dict(saved)
+        if rank() == 0:
+            print(f"resuming from the checkpoint of epoch {len(self.result.history)} ({checkpointing.path})")
+
+    def epochs_left(self, epochs: int) -> range:
+        """The epochs still to run: all for a new run, those after its checkpoint for a resumed one, none for a
+        run that stopped early."""
+        if self.result.stop_reason:
+            return range(0)
+        return range(len(self.result.history) + 1, epochs + 1)
+
+    def end_epoch(self, stats: EpochStats, monitor: str) -> None:
+        """Record the epoch; keep its weights if `monitor` is the best so far; step the schedule; decide to stop."""
+        result = self.result
+        result.history.append(stats)
+        if self.early_stopping.update(getattr(stats, monitor)):
+            result.best_epoch, result.best_state = stats.epoch, copy.deepcopy(self.model.state_dict())
+        self.convergence.update(stats.train_accuracy)
+        step_schedule(self.schedule, getattr(stats, monitor))
+        if self.early_stopping.exhausted:
+            result.stop_reason = f"early stopping: {monitor} has not improved for {self.early_stopping.patience} epochs"
+        elif self.convergence.exhausted:
+            result.stop_reason = f"converged: train accuracy has not risen for {self.convergence.patience} epochs"
 
 
 def labels_of(dataset: Dataset) -> torch.Tensor:
@@ -142,33 +234,6 @@ def parameter_groups(model: nn.Module, config: TrainParams) -> list[dict]:
     ]
 
 
-def build_optimizer(groups: list[dict], config: TrainParams) -> torch.optim.Optimizer:
-    decay = config.weight_decay
-    if config.optimizer == "adam":
-        return torch.optim.Adam(groups, weight_decay=decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=decay)
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(groups, momentum=config.momentum, nesterov=config.nesterov, weight_decay=decay)
-    return torch.optim.RMSprop(groups, momentum=config.momentum, weight_decay=decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainParams) -> torch.optim.lr_scheduler.LRScheduler:
-    schedule = config.schedule
-    if schedule.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if schedule.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=schedule.step_size, gamma=schedule.gamma)
-    if schedule.name == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer,
-            mode="max" if config.early_stopping.monitor == "val_accuracy" else "min",
-            factor=schedule.gamma,
-            patience=schedule.patience,
-        )
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-
-
 def build_sampler(labels: torch.Tensor, config: TrainParams, generator: torch.Generator) -> Sampler:
     """A shuffle, or a weighted draw that shows every class equally often (for imbalanced classes)."""
     if config.sampler == "weighted":
@@ -186,14 +251,15 @@ def class_weights(labels: torch.Tensor, num_classes: int, config: TrainParams) -
 
 
 def run_epoch(
-    model: nn.Module,
+    network: nn.Module,
     batches: Iterable,
     loss_function: nn.Module,
     precision: Precision,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
-    """One pass over `batches`: trains when given an optimizer (and its scaler), else only evaluates.
+    """One pass of `network` (a model, or its DistributedDataParallel wrapper) over `batches`: trains when given
+    an optimizer (and its scaler), else only evaluates.
 
     Returns (loss, accuracy); in training under torchrun, over the batches of every process.
     """
@@ -203,7 +269,7 @@ def run_epoch(
         for inputs, targets in batches:
             inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             with precision.autocast():
-                logits = model(inputs)
+                logits = network(inputs)
                 loss = loss_function(logits.float(), targets)
             if optimizer is not None and scaler is not None:
                 optimizer.zero_grad(set_to_none=True)
@@ -220,6 +286,69 @@ def run_epoch(
     return total_loss / seen, correct / seen
 
 
+def loss_functions(
+    train_data: Dataset, val_data: Dataset, config: TrainParams, device: torch.device
+) -> tuple[nn.Module, nn.Module]:
+    """The training loss, with the label smoothing and class weights asked for, and a plain val loss that
+    compares across runs."""
+    train_labels = labels_of(train_data)
+    num_classes = int(max(train_labels.max(), labels_of(val_data).max())) + 1
+    weights = class_weights(train_labels, num_classes, config)
+    train_loss = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
+    )
+    return train_loss, nn.CrossEntropyLoss()
+
+
+def data_loaders(
+    train_data: Dataset, val_data: Dataset, config: TrainParams, device: torch.device, generator: torch.Generator
+) -> tuple[DataLoader, DataLoader]:
+    """Training batches in the order `generator` draws (under torchrun, each process its share of every
+    batch); val batches in file order, the whole val set in every process."""
+    processes = world_size()
+    if processes > 1:
+        if config.sampler == "weighted":
+            raise UserError("train.sampler: weighted does not run under torchrun: use train.class_weights: balanced")
+        sampler = DistributedSampler(train_data, num_replicas=processes, rank=rank(), seed=config.seed)
+    else:
+        sampler = build_sampler(labels_of(train_data), config, generator)
+    loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
+    batch_size = max(1, config.batch_size // processes)  # the same batch in all, however many processes share it
+    return (
+        DataLoader(train_data, batch_size=batch_size, sampler=sampler, **loading),
+        DataLoader(val_data, batch_size=config.batch_size, **loading),
+    )
+
+
+class TrainableLayers:
+    """Which layers train in an epoch, and the module that trains them.
+
+    In fine-tuning the backbone stays frozen for the first `train.warmup_epochs` epochs. Under torchrun the
+    module is a DistributedDataParallel wrapper, made again when the set of trainable layers changes: DDP
+    syncs the gradients of the parameters that train when it wraps the model.
+    """
+
+    def __init__(self, model: nn.Module, config: TrainParams):
+        self.model, self.warmup_epochs = model, config.warmup_epochs
+        self.fine_tuning = isinstance(model, Classifier) and config.mode == "fine_tuning"
+        self.wrapper: nn.Module | None = None
+        self.wrapped_frozen = False
+
+    def for_epoch(self, epoch: int) -> nn.Module:
+        """Set the layers that train in `epoch` (in training mode) and return the module to train."""
+        backbone_frozen = self.fine_tuning and epoch <= self.warmup_epochs
+        self.model.train()
+        if backbone_frozen:
+            self.model.backbone.requires_grad_(False).eval()
+        elif self.fine_tuning:
+            self.model.backbone.requires_grad_(True)
+        if world_size() == 1:
+            return self.model
+        if self.wrapper is None or backbone_frozen != self.wrapped_frozen:
+            self.wrapper, self.wrapped_frozen = DistributedDataParallel(self.model), backbone_frozen
+        return self.wrapper
+
+
 def fit(
     model: nn.Module,
     train_data: Dataset,
@@ -228,7 +357,8 @@ def fit(
     device: torch.device,
     checkpointing: Checkpointing | None = None,
 ) -> FitResult:
-    """Train `model` for up to `config.epochs`; keep the weights of the best epoch by the monitored val metric.
+    """Train `model` for up to `config.epochs` and leave it holding the weights of its best epoch by the
+    monitored val metric (the same weights as the result's `best_state`).
 
     `model` is a whole Classifier, or just a head when training on precomputed features. With
     `checkpointing`, the state is saved every few epochs and a saved state of the same run is resumed.
@@ -237,114 +367,40 @@ def fit(
     """
     model.to(device, memory_format=torch.channels_last)  # convolutions twice as fast on a CPU; a head is unaffected
     precision = Precision(device, config.amp)
-    scaler = precision.grad_scaler()
-    train_labels = labels_of(train_data)
-    num_classes = int(max(train_labels.max(), labels_of(val_data).max())) + 1
-    weights = class_weights(train_labels, num_classes, config)
-    train_loss_function = nn.CrossEntropyLoss(
-        weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
-    )
-    val_loss_function = nn.CrossEntropyLoss()  # plain, so val loss compares across runs
-    optimizer = build_optimizer(parameter_groups(model, config), config)
-    scheduler = build_scheduler(optimizer, config)
-    generator = torch.Generator().manual_seed(config.seed)
-    loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
-    processes = world_size()
-    if processes > 1:
-        if config.sampler == "weighted":
-            raise UserError("train.sampler: weighted does not run under torchrun: use train.class_weights: balanced")
-        sampler = DistributedSampler(train_data, num_replicas=processes, rank=rank(), seed=config.seed)
-    else:
-        sampler = build_sampler(train_labels, config, generator)
-    batch_size = max(1, config.batch_size // processes)  # the same batch in all, however many processes share it
-    train_batches = DataLoader(train_data, batch_size=batch_size, sampler=sampler, **loading)
-    val_batches = DataLoader(val_data, batch_size=config.batch_size, **loading)
+    train_loss_function, val_loss_function = loss_functions(train_data, val_data, config, device)
+    state = TrainingState.start(model, config, precision)
+    if checkpointing:
+        state.resume(checkpointing)
+    train_batches, val_batches = data_loaders(train_data, val_data, config, device, state.generator)
+    trainable = TrainableLayers(model, config)
     monitor = config.early_stopping.monitor
-    early_stopping = Plateau(
-        config.early_stopping.patience, config.early_stopping.min_delta, higher_is_better=monitor == "val_accuracy"
-    )
-    convergence = Plateau(config.convergence.patience, config.convergence.min_delta, higher_is_better=True)
-    result = FitResult()
 
-    saved = checkpointing.load() if checkpointing else None
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        scaler.load_state_dict(saved["scaler"])
-        generator.set_state(saved["generator"])
-        torch.set_rng_state(saved["rng"])
-        early_stopping, convergence = Plateau(**saved["early_stopping"]), Plateau(**saved["convergence"])
-        history = [EpochStats(**epoch) for epoch in saved["history"]]
-        result = FitResult(history, saved["best_epoch"], saved["best"], saved["stop_reason"])
-        if rank() == 0:
-            print(f"resuming from the checkpoint of epoch {len(history)} ({checkpointing.path})")
-
-    fine_tuning = isinstance(model, Classifier) and config.mode == "fine_tuning"
-    first_epoch = config.epochs + 1 if result.stop_reason else len(result.history) + 1
-    progress = tqdm(range(first_epoch, config.epochs + 1), desc="train", unit="epoch", disable=rank() != 0)
-    network, network_frozen = model, None
+    progress = tqdm(state.epochs_left(config.epochs), desc="train", unit="epoch", disable=rank() != 0)
     for epoch in progress:
-        backbone_frozen = fine_tuning and epoch <= config.warmup_epochs
-        model.train()
-        if backbone_frozen:
-            model.backbone.requires_grad_(False).eval()
-        elif fine_tuning:
-            model.backbone.requires_grad_(True)
-        if processes > 1 and backbone_frozen != network_frozen:  # DDP syncs the parameters that train when wrapped
-            network, network_frozen = DistributedDataParallel(model), backbone_frozen
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
+        if isinstance(train_batches.sampler, DistributedSampler):
+            train_batches.sampler.set_epoch(epoch)
         train_loss, train_accuracy = run_epoch(
-            network,
+            trainable.for_epoch(epoch),
             tqdm(train_batches, leave=False, delay=1, desc=f"epoch {epoch}"),
             train_loss_function,
             precision,
-            optimizer,
-            scaler,
+            state.optimizer,
+            state.scaler,
         )
         model.eval()
         val_loss, val_accuracy = run_epoch(model, val_batches, val_loss_function, precision)
-        stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, optimizer.param_groups[-1]["lr"])
-        result.history.append(stats)
-
-        if early_stopping.update(getattr(stats, monitor)):
-            result.best_epoch, result.best_state = epoch, copy.deepcopy(model.state_dict())
-        convergence.update(train_accuracy)
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(getattr(stats, monitor))
-        else:
-            scheduler.step()
+        lr = state.optimizer.param_groups[-1]["lr"]
+        state.end_epoch(EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr), monitor)
         progress.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
 
-        if early_stopping.exhausted:
-            result.stop_reason = f"early stopping: {monitor} has not improved for {early_stopping.patience} epochs"
-        elif convergence.exhausted:
-            result.stop_reason = f"converged: train accuracy has not risen for {convergence.patience} epochs"
-        checkpoint_due = (
-            checkpointing and checkpointing.every and (epoch % checkpointing.every == 0 or result.stop_reason)
-        )
-        if checkpoint_due and rank() == 0:
-            checkpointing.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict(),
-                    "generator": generator.get_state(),
-                    "rng": torch.get_rng_state(),
-                    "early_stopping": asdict(early_stopping),
-                    "convergence": asdict(convergence),
-                    "history": [asdict(epoch) for epoch in result.history],
-                    "best_epoch": result.best_epoch,
-                    "best": result.best_state,
-                    "stop_reason": result.stop_reason,
-                }
-            )
-        if result.stop_reason:
-            progress.write(f"stopped after epoch {epoch}: {result.stop_reason}")
+        stop_reason = state.result.stop_reason
+        if checkpointing and checkpointing.due(epoch, finished=bool(stop_reason)) and rank() == 0:
+            checkpointing.save(state.state_dict())
+        if stop_reason:
+            progress.write(f"stopped after epoch {epoch}: {stop_reason}")
             break
-    return result
+    model.load_state_dict(state.result.best_state)
+    return state.result
 
 
 def train_classifier(
@@ -361,66 +417,75 @@ def train_classifier(
     computed once, and only the head trains on them, so an epoch costs milliseconds instead of a forward
     pass over every image.
     """
-    trainable: nn.Module = model
+    network: nn.Module = model  # what fit trains: the whole classifier, or its head on precomputed features
     train_inputs: Dataset = train_data
     val_inputs: Dataset = val_data
     if config.mode == "transfer_learning":
+        architecture = config.model
         model.backbone.requires_grad_(False)
         if rank() > 0:
             torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
         train_inputs, val_inputs = (
-            cached_features(config.model, model.backbone, data, device, name).dataset
+            cached_features(architecture, model.backbone, data, device, name).dataset
             for data, name in ((train_data, "train"), (val_data, "val"))
         )
         if rank() == 0 and is_distributed():
             torch.distributed.barrier()
-        trainable = model.head
-    result = fit(trainable, train_inputs, val_inputs, config, device, checkpointing)
-    trainable.load_state_dict(result.best_state)
-    return result
+        network = model.head
+    return fit(network, train_inputs, val_inputs, config, device, checkpointing)
 
 
-def run_fingerprint(params: Params, train_dir: Path, val_dir: Path) -> str:
-    """A hash of everything a checkpoint depends on: the train params, classes, input size and both manifests."""
+def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDataset) -> str:
+    """A hash of everything a checkpoint depends on: the train params, classes, input size, and each image's
+    label and bytes in the order trained on.
+
+    The bytes, not the manifests: an augmented manifest names each image by its source photo's hash, so a
+    changed `augment.seed` or `augment.transforms` keeps the manifest and changes the pictures.
+    """
     digest = hashlib.sha256()
     settings = {"train": asdict(params.train), "classes": params.data.classes, "image_size": params.data.image_size}
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for folder in (train_dir, val_dir):
-        digest.update((Path(folder) / MANIFEST_NAME).read_bytes())
+    for dataset in (train_data, val_data):
+        digest.update(str(len(dataset)).encode())
+        for path, label in zip(dataset.paths, dataset.labels, strict=True):
+            digest.update(f"{label}:".encode() + hashlib.sha256(Path(path).read_bytes()).digest())
     return digest.hexdigest()
 
 
 def train_from_params(
     params: Params, train_dir: Path, val_dir: Path, checkpoint_path: Path | None = None
 ) -> tuple[SavedModel, FitResult]:
-    """Build the model `train.model` for `train.mode` and train it on the two manifest folders.
+    """Build the architecture `train.model` for `train.mode` and train it on the two manifest folders.
 
     With `checkpoint_path`, a run killed part way resumes from its last checkpoint; the checkpoint
     is removed once training has finished.
     """
     data, train = params.data, params.train
+    architecture = train.model
     seed_everything(train.seed)  # before the head is created, so its initial weights are the same every run
-    preprocessing = preprocessing_for(train.model, data.image_size)
+    preprocessing = preprocessing_for(architecture, data.image_size)
     model = create_model(
-        train.model,
+        architecture,
         len(data.classes),
         data.image_size,
         pretrained=train.mode != "fromzero",
         weights=Path(train.weights) if train.weights else None,
         dropout=train.dropout,
     )
+    train_data = ImageDataset.from_manifest(train_dir, data.classes, preprocessing)
+    val_data = ImageDataset.from_manifest(val_dir, data.classes, preprocessing)
     checkpointing = None
     if checkpoint_path is not None:
-        fingerprint = run_fingerprint(params, train_dir, val_dir)
+        fingerprint = run_fingerprint(params, train_data, val_data)
         checkpointing = Checkpointing(Path(checkpoint_path), train.checkpoint_every, fingerprint)
     result = train_classifier(
         model,
-        ImageDataset.from_manifest(train_dir, data.classes, preprocessing),
-        ImageDataset.from_manifest(val_dir, data.classes, preprocessing),
+        train_data,
+        val_data,
         train,
         select_device(train.device),
         checkpointing,
     )
     if checkpointing is not None and rank() == 0:
         checkpointing.remove()
-    return SavedModel(model.cpu().eval(), train.model, data.classes, preprocessing), result
+    return SavedModel(model.cpu().eval(), architecture, data.classes, preprocessing), result

@@ -17,11 +17,11 @@ pytestmark = pytest.mark.slow  # kills a real dvc repro during training, then re
 EPOCHS = 6
 
 
-def kill_after_first_checkpoint(project: Path) -> None:
-    """Start `dvc repro train`, wait for the stage's first checkpoint, then SIGKILL dvc and the stage."""
+def kill_after_first_checkpoint(project: Path, *options: str) -> None:
+    """Start `dvc repro [options] train`, wait for the stage's first checkpoint, then SIGKILL dvc and the stage."""
     checkpoint = project / "checkpoints/train.pt"
     process = subprocess.Popen(
-        ["dvc", "repro", "train"],
+        ["dvc", "repro", *options, "train"],
         cwd=project,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -83,3 +83,16 @@ def test_a_killed_training_resumes_from_its_checkpoint_unless_a_train_param_chan
     output = repro_train(project)
     assert "discarding checkpoint" in output and "resuming" not in output
     assert outcome(project) == resumed
+
+
+def test_a_killed_training_starts_over_when_the_augmented_images_changed(tmp_path: Path) -> None:
+    """A new `augment.seed` keeps the augmented manifest (it names each source photo) and changes the pictures."""
+    project = project_with_checkpoints(tmp_path)
+    kill_after_first_checkpoint(project)
+    set_params(project, augment__seed=7)
+    output = repro_train(project)
+    assert "discarding checkpoint" in output and "resuming" not in output
+    restarted = outcome(project)
+
+    repro_train(project, "--force", "--single-item")
+    assert outcome(project) == restarted, "the restarted run must train from epoch 1 as an unbroken run does"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -16,7 +17,8 @@ from imageclf.data import ImageDataset, make_split
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError
 from imageclf.models import create_model, preprocessing_for
-from imageclf.params import OPTIMIZERS, TrainParams, load_params
+from imageclf.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
+from imageclf.params import TrainParams, load_params
 from imageclf.training import (
     Checkpointing,
     build_sampler,
@@ -56,7 +58,7 @@ def head() -> nn.Module:
     return nn.Sequential(nn.Dropout(0.0), nn.Linear(8, 3))
 
 
-def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_path: Path) -> None:
+def test_transfer_learning_trains_the_head_only(tmp_path: Path) -> None:
     train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
     backbone_before = copy.deepcopy(model.backbone.state_dict())
@@ -72,6 +74,33 @@ def test_transfer_learning_trains_the_head_only_and_keeps_the_best_epoch(tmp_pat
     summary = result.summary()
     assert summary["epochs"] == 4 and summary["best"]["val_loss"] == min(val_losses)
     assert summary["last"]["val_loss"] == val_losses[-1]
+
+
+def mislabelled(count: int, seed: int, every: int) -> TensorDataset:
+    """Learnable features with every `every`-th label wrong: val loss falls, then rises as the head grows
+    confident on the wrong ones."""
+    vectors, labels = features(count, seed).tensors
+    labels = labels.clone()
+    labels[::every] = (labels[::every] + 1) % 3
+    return TensorDataset(vectors, labels)
+
+
+def test_fit_leaves_the_model_holding_its_best_epoch_not_its_last() -> None:
+    config = train_config(lr=0.02, epochs=12, batch_size=16)
+    config = dataclasses.replace(config, early_stopping=dataclasses.replace(config.early_stopping, patience=0))
+    model, val_data = head(), mislabelled(30, seed=2, every=5)
+    result = fit(model, features(90, seed=1), val_data, config, CPU)
+
+    val_losses = [epoch.val_loss for epoch in result.history]
+    assert len(val_losses) == 12 and 1 < result.best_epoch < 12
+    assert result.best_epoch == val_losses.index(min(val_losses)) + 1
+    assert val_losses[-1] > min(val_losses) + 0.05, "the last epoch must be clearly worse than the best"
+    vectors, labels = val_data.tensors
+    with torch.no_grad():
+        recomputed = nn.functional.cross_entropy(model.eval()(vectors), labels).item()
+    assert recomputed == pytest.approx(min(val_losses), abs=1e-5)
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in result.best_state.items())
+    assert result.summary()["best"]["val_loss"] == min(val_losses)
 
 
 @pytest.mark.slow
@@ -115,6 +144,24 @@ def test_each_optimizer_lowers_the_training_loss(optimizer: str) -> None:
     config = train_config(optimizer=optimizer, nesterov=optimizer == "sgd", lr=0.05, epochs=8, batch_size=16)
     result = fit(head(), features(90, seed=1), features(30, seed=2), config, CPU)
     assert result.history[-1].train_loss < 0.5 * result.history[0].train_loss
+
+
+@pytest.mark.parametrize(("key", "table"), [("optimizer", OPTIMIZERS), ("schedule.name", SCHEDULES)])
+def test_every_table_name_builds_and_params_refuse_any_other(tmp_path: Path, key: str, table: dict) -> None:
+    for name in table:
+        config = train_config(optimizer=name) if key == "optimizer" else schedule_config(name)
+        optimizer = build_optimizer(parameter_groups(head(), config), config)
+        schedule = build_schedule(optimizer, config)
+        assert isinstance(optimizer, torch.optim.Optimizer) and schedule.optimizer is optimizer
+
+    values = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    section, name = ("train", key) if key == "optimizer" else ("train", "schedule")
+    values[section][name] = "lion" if key == "optimizer" else {**values["train"]["schedule"], "name": "lion"}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(UserError) as refused:
+        load_params(path)
+    assert str(refused.value) == f"{path}: 'train.{key}' is 'lion'; allowed: {', '.join(table)}"
 
 
 def schedule_config(name: str, **changes: object) -> TrainParams:
@@ -196,14 +243,16 @@ def test_a_checkpoint_of_other_params_or_data_is_discarded(tmp_path: Path) -> No
     assert checkpoint.load()["history"][-1]["epoch"] == 3
     assert Checkpointing(tmp_path / "train.pt", every=1, fingerprint="run-b").load() is None
 
-    make_split(make_image_folder(tmp_path / "raw"), CLASSES, 32, 0.1, 0.1, 0, tmp_path / "split")
+    train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
     params = load_params(PROJECT / "params.yaml")
-    split = tmp_path / "split"
-    fingerprint = run_fingerprint(params, split / "train", split / "val")
-    assert fingerprint == run_fingerprint(params, split / "train", split / "val")
+    fingerprint = run_fingerprint(params, train_data, val_data)
+    assert fingerprint == run_fingerprint(params, train_data, val_data)
     changed_lr = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=0.002))
-    assert run_fingerprint(changed_lr, split / "train", split / "val") != fingerprint
-    assert run_fingerprint(params, split / "val", split / "val") != fingerprint
+    assert run_fingerprint(changed_lr, train_data, val_data) != fingerprint
+    assert run_fingerprint(params, val_data, val_data) != fingerprint
+    redrawn = train_data.paths[0]
+    redrawn.write_bytes(val_data.paths[0].read_bytes())  # same manifest, other picture (as a new augment.seed)
+    assert run_fingerprint(params, train_data, val_data) != fingerprint
 
 
 def test_the_device_is_chosen_automatically_and_a_missing_one_is_named() -> None:

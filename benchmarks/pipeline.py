@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from imageclf.inference import files_to_predict, labelled_accuracy, labelled_result, predict_files
 from imageclf.models import load_model
-from imageclf.predict import files_to_predict, labelled_accuracy, labelled_result, predict_files
 
 PROJECT = Path(__file__).resolve().parent.parent
 STAGES = ("split", "augment", "train", "evaluate")

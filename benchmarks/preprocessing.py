@@ -12,10 +12,10 @@ import json
 import time
 from pathlib import Path
 
-from imageclf.data import read_manifest
+from imageclf.inference import files_to_predict, label_from_path, predict_files
+from imageclf.manifest import read_manifest
 from imageclf.models import load_model
 from imageclf.params import TTA_MODES
-from imageclf.predict import files_to_predict, label_from_path, predict_files
 
 
 def labelled_files(args: argparse.Namespace, classes: list[str]) -> dict[str, tuple[list[Path], list[str]]]:

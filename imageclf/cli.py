@@ -13,7 +13,6 @@ import argparse
 from pathlib import Path
 
 from imageclf.errors import exits_cleanly
-from imageclf.fetch import add_fetch_command
 from imageclf.params import DEFAULT_TTA, PARAMS_FILE, TRAIN_MODES, TTA_MODES, load_params
 
 
@@ -56,6 +55,13 @@ def regression(args: argparse.Namespace) -> int:
     return 0
 
 
+def fetch(args: argparse.Namespace) -> int:
+    """Import the classes of params.yaml from the Animals-10 download into `--dest`."""
+    from imageclf.fetch import fetch_command
+
+    return fetch_command(args.source, args.kaggle, args.dest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imageclf", description="Use a model trained by the DVC pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,7 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     regression_parser.add_argument("--plot", type=Path, default=Path("regression_loss.png"), help="the loss curve PNG")
     regression_parser.set_defaults(run=regression)
 
-    add_fetch_command(commands)
+    fetch_parser = commands.add_parser(
+        "fetch", help="import a public data set into data/raw", description="Import Kaggle's Animals-10 archive."
+    )
+    fetch_parser.add_argument("dataset", choices=["animals10"], help="the data set")
+    where = fetch_parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--source", type=Path, metavar="PATH", help="the downloaded zip, or the folder it unpacks to")
+    where.add_argument("--kaggle", action="store_true", help="download Animals-10 with the Kaggle API (needs credentials)")
+    fetch_parser.add_argument(
+        "--dest", type=Path, default=Path("data/raw"), help="where <class>/ folders go (default: data/raw)"
+    )
+    fetch_parser.set_defaults(run=fetch)
     return parser
 
 

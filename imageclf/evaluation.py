@@ -4,13 +4,13 @@ from pathlib import Path
 
 import numpy as np
 
-from imageclf.data import read_manifest
 from imageclf.errors import UserError, warn
 from imageclf.files import write_csv, write_json
+from imageclf.inference import files_to_predict, labelled_accuracy, labelled_result, predict_files
+from imageclf.manifest import read_manifest
 from imageclf.metrics import classification_metrics, confusion_matrices, precision_recall_curves
 from imageclf.models import SavedModel, load_model
 from imageclf.params import Params
-from imageclf.predict import files_to_predict, labelled_accuracy, labelled_result, predict_files
 from imageclf.reports import (
     Miss,
     plot_confusion,

@@ -12,8 +12,8 @@ from PIL import Image
 
 from imageclf.errors import UserError
 from imageclf.evaluation import load_model_for
+from imageclf.inference import ViewTransform, label_from_path, predict_files, views
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
-from imageclf.predict import ViewTransform, label_from_path, predict_files, views
 from tests.helpers import CLASSES, make_image_folder
 
 # A model whose head ignores the image and always favours cat: softmax([1, 0, 0])

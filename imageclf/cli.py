@@ -13,7 +13,8 @@ import argparse
 from pathlib import Path
 
 from imageclf.errors import exits_cleanly
-from imageclf.params import DEFAULT_TTA, PARAMS_FILE, TRAIN_MODES, TTA_MODES, load_params
+from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
+from imageclf.views import DEFAULT_TTA, TTA
 
 
 def positive_int(text: str) -> int:
@@ -76,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     predict_parser.add_argument(
         "--tta",
-        choices=TTA_MODES,
+        choices=TTA,
         default=DEFAULT_TTA,
         help=f"views as in evaluate.tta: flip averages the photo and its mirror image (default: {DEFAULT_TTA})",
     )
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch_parser.add_argument("dataset", choices=["animals10"], help="the data set")
     where = fetch_parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--source", type=Path, metavar="PATH", help="the downloaded zip, or the folder it unpacks to")
-    where.add_argument("--kaggle", action="store_true", help="download Animals-10 with the Kaggle API (needs credentials)")
+    where.add_argument("--kaggle", action="store_true", help="download Animals-10 with the Kaggle API")
     fetch_parser.add_argument(
         "--dest", type=Path, default=Path("data/raw"), help="where <class>/ folders go (default: data/raw)"
     )

@@ -1,7 +1,7 @@
 """Inference: the one code path from image files to class probabilities, used by evaluate and `imageclf predict`.
 
-Images are decoded with `open_rgb`, turned into one or more views (`tta`), batched, and the softmax of the views
-is averaged.
+Images are decoded with `open_rgb`, turned into one or more views (`views.TTA`), batched, and the softmax of the
+views is averaged.
 """
 
 from collections.abc import Iterator
@@ -10,29 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from imageclf.device import loader_options, select_device
-from imageclf.errors import UserError
 from imageclf.images import Preprocessing, is_image_name, open_rgb
 from imageclf.models import SavedModel
-from imageclf.params import TTA_MODES
+from imageclf.views import TTA
 
 DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def views(image: Image.Image, tta: str) -> list[Image.Image]:
-    """The images the model sees for one photo under test-time augmentation `tta` (see TTA_MODES).
-
-    Each view is the whole photo, resized to a square later (no crop, so no subject at an edge is lost).
-    """
-    if tta == "none":
-        return [image]
-    if tta == "flip":
-        return [image, ImageOps.mirror(image)]
-    raise UserError(f"test-time augmentation '{tta}' is unknown; choices: {', '.join(TTA_MODES)}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +34,7 @@ class ViewTransform:
         return self.preprocessing.image_size
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.stack([self.preprocessing(view) for view in views(image, self.tta)])
+        return torch.stack([self.preprocessing(view) for view in TTA[self.tta](image)])
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def write_evaluate_params(tmp_path: Path, **values: object) -> Path:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"tta": "crops"}, "'evaluate.tta' is 'crops'; allowed: flip, none"),
+        ({"tta": "crops"}, "'evaluate.tta' is 'crops'; allowed: none, flip"),
         ({"gallery_size": -1}, "'evaluate.gallery_size' is -1; it must be 0 or more"),
         ({"test_images": None}, "'evaluate.test_images' must be str, got None"),
         ({"batch_size": 0}, "'evaluate.batch_size' is 0; it must be 1 or more"),

@@ -12,8 +12,9 @@ from PIL import Image
 
 from imageclf.errors import UserError
 from imageclf.evaluation import load_model_for
-from imageclf.inference import ViewTransform, label_from_path, predict_files, views
+from imageclf.inference import ViewTransform, label_from_path, predict_files
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
+from imageclf.views import TTA
 from tests.helpers import CLASSES, make_image_folder
 
 # A model whose head ignores the image and always favours cat: softmax([1, 0, 0])
@@ -154,16 +155,15 @@ def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) ->
 def test_views_keep_a_subject_at_the_left_edge() -> None:
     photo = Image.new("RGB", (300, 200), (255, 255, 255))
     photo.paste((255, 0, 0), (0, 80, 30, 120))  # a small red subject at the very left edge of a 3:2 photo
-    (whole,) = views(photo, "none")
+    assert list(TTA) == ["none", "flip"]
+    (whole,) = TTA["none"](photo)
     assert whole is photo
-    original, mirrored = views(photo, "flip")
+    original, mirrored = TTA["flip"](photo)
     assert original is photo and mirrored.size == (300, 200)
     assert np.asarray(mirrored)[100, 295].tolist() == [255, 0, 0] and np.asarray(mirrored)[100, 5].tolist() == [255] * 3
     squares = ViewTransform(preprocessing_for("efficientnet_lite0", 32), "flip")(photo)
     assert squares.shape == (2, 3, 32, 32)
     assert squares[0, :, 16, 1].tolist() == pytest.approx([1.0, -1.0, -1.0], abs=0.1)  # red survives at the edge
-    with pytest.raises(UserError, match="test-time augmentation 'zoom' is unknown"):
-        views(photo, "zoom")
 
 
 def test_a_model_for_other_classes_or_no_model_is_named(tmp_path: Path, always_cat: Path) -> None:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from imageclf.device import loader_options, select_device
 from imageclf.images import Preprocessing, is_image_name, open_rgb
+from imageclf.metrics import classification_scores
 from imageclf.models import SavedModel
 from imageclf.views import TTA
 
@@ -142,12 +143,9 @@ class LabelledResult:
     probabilities: dict[str, float]
     true_label: str | None
 
-    @property
-    def correct(self) -> bool:
-        return self.label == self.true_label
-
 
 def labelled_result(prediction: Prediction, target: Path, classes: list[str]) -> LabelledResult:
+    """A readable file's prediction, its classes named in the model's (training) order."""
     probabilities = prediction.probabilities
     best = int(np.argmax(probabilities))
     return LabelledResult(
@@ -159,17 +157,30 @@ def labelled_result(prediction: Prediction, target: Path, classes: list[str]) ->
     )
 
 
-def labelled_accuracy(results: list[LabelledResult]) -> dict:
-    """Accuracy over the results that carry a true label, and the misses, most confident first."""
+def labelled_scores(results: list[LabelledResult], classes: list[str], unreadable: int = 0) -> dict | None:
+    """`classification_scores` over the results that carry a true label; None when none does."""
     labelled = [result for result in results if result.true_label is not None]
-    misses = sorted((result for result in labelled if not result.correct), key=lambda result: -result.confidence)
-    return {
-        "images": len(results),
-        "labelled": len(labelled),
-        "correct": len(labelled) - len(misses),
-        "accuracy": (len(labelled) - len(misses)) / len(labelled) if labelled else None,
-        "misses": [
-            {"path": str(miss.path), "true": miss.true_label, "predicted": miss.label, "confidence": miss.confidence}
-            for miss in misses
-        ],
-    }
+    if not labelled:
+        return None
+    return classification_scores(
+        [result.true_label for result in labelled],
+        np.array([[result.probabilities[label] for label in classes] for result in labelled]),
+        classes,
+        [str(result.path) for result in labelled],
+        unlabelled=len(results) - len(labelled),
+        unreadable=unreadable,
+    )
+
+
+def predict_folder(
+    saved: SavedModel, folder: Path, tta: str, batch_size: int, description: str
+) -> tuple[list[LabelledResult], list[Prediction]]:
+    """The labelled results for the image files under `folder`, and the files that could not be read."""
+    found, _ = files_to_predict([folder])
+    predictions = list(predict_files(saved, [path for path, _ in found], tta, batch_size, description=description))
+    results = [
+        labelled_result(prediction, folder, saved.classes)
+        for prediction in predictions
+        if prediction.probabilities is not None
+    ]
+    return results, [prediction for prediction in predictions if prediction.probabilities is None]

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from imageclf.inference import LabelledResult, files_to_predict, labelled_accuracy, labelled_result, predict_files
+from imageclf.inference import LabelledResult, files_to_predict, labelled_result, labelled_scores, predict_files
 from imageclf.models import load_model
 
 
@@ -15,15 +15,15 @@ def format_row(result: LabelledResult, top_k: int, width: int) -> str:
     return f"{result.path!s:<{width}}  {result.label:<10}  {result.confidence:>10.3f}  {top}"
 
 
-def print_summary(summary: dict, file: TextIO) -> None:
-    """Accuracy over the labelled images and the list of misses."""
-    unlabelled = summary["images"] - summary["labelled"]
+def print_summary(scores: dict, file: TextIO) -> None:
+    """Accuracy over the labelled images (from `classification_scores`) and the list of misses."""
+    unlabelled = scores["unlabelled"]
     print(
-        f"accuracy: {summary['accuracy']:.1%} ({summary['correct']}/{summary['labelled']} labelled images"
+        f"accuracy: {scores['accuracy']:.1%} ({scores['correct']}/{scores['images']} labelled images"
         + (f"; {unlabelled} without a label not counted)" if unlabelled else ")"),
         file=file,
     )
-    for miss in summary["misses"]:
+    for miss in scores["misses"]:
         print(
             f"miss: {miss['path']}  true {miss['true']}, predicted {miss['predicted']} ({miss['confidence']:.3f})",
             file=file,
@@ -54,7 +54,7 @@ def predict_command(targets: list[Path], model_path: Path, top_k: int, as_json: 
         results.append(result)
         if not as_json:
             print(format_row(result, top_k, width), flush=True)
-    summary = labelled_accuracy(results)
+    scores = labelled_scores(results, saved.classes, unreadable=len(found) - len(results))
     if as_json:
         print(
             json.dumps(
@@ -71,6 +71,6 @@ def predict_command(targets: list[Path], model_path: Path, top_k: int, as_json: 
                 indent=2,
             )
         )
-    if summary["labelled"]:
-        print_summary(summary, sys.stderr if as_json else sys.stdout)
+    if scores:
+        print_summary(scores, sys.stderr if as_json else sys.stdout)
     return 1 if errors else 0

@@ -17,14 +17,31 @@ from tests.helpers import CLASSES, PROJECT, dvc_repro, make_image_folder, set_pa
 PICTURES = ("confusion_matrix", "misclassified", "precision_recall", "training_curves")
 
 
-def test_metrics_json_holds_accuracy_per_class_scores_and_averages(reproduced_project: Path) -> None:
+SCORES_KEYS = {
+    "accuracy",
+    "images",
+    "correct",
+    "unlabelled",
+    "unreadable",
+    "macro_avg",
+    "weighted_avg",
+    "per_class",
+    "misses",
+}
+
+
+def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reproduced_project: Path) -> None:
     metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
-    assert set(metrics) == {"accuracy", "images", "macro_avg", "weighted_avg", "per_class"}
+    assert set(metrics) == SCORES_KEYS
     assert metrics["images"] == 3 and set(metrics["per_class"]) == set(CLASSES)
     for row in metrics["per_class"].values():
         assert set(row) == {"precision", "recall", "f1", "support", "average_precision"} and row["support"] == 1
-    rows = (reproduced_project / "metrics/test_predictions.csv").read_text().splitlines()[1:]
-    assert metrics["accuracy"] == sum(row.split(",")[1] == row.split(",")[2] for row in rows) / 3
+    rows = [row.split(",") for row in (reproduced_project / "metrics/test_predictions.csv").read_text().split()[1:]]
+    assert metrics["correct"] == sum(actual == guess for _, actual, guess, _ in rows)
+    assert metrics["accuracy"] == metrics["correct"] / 3
+    assert sorted(miss["path"] for miss in metrics["misses"]) == sorted(
+        path for path, actual, guess, _ in rows if actual != guess
+    )
     assert json.loads((reproduced_project / "metrics/test_images.json").read_text()) == {}
 
 
@@ -74,11 +91,16 @@ def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project
     assert ran == {"evaluate"}, output
     assert f"warning: cannot read '{photos / 'horse/broken.png'}'" in output
     scored = json.loads((project / "metrics/test_images.json").read_text())
-    assert scored["images"] == scored["labelled"] == 6 and scored["unreadable"] == 1
+    assert scored["images"] == 6 and scored["unlabelled"] == 0 and scored["unreadable"] == 1
     assert scored["correct"] == 6 - len(scored["misses"]) and scored["accuracy"] == scored["correct"] / 6
+    assert {label: row["support"] for label, row in scored["per_class"].items()} == {label: 2 for label in CLASSES}
     for miss in scored["misses"]:
         assert Path(miss["path"]).parent.name == miss["true"] != miss["predicted"]
-    assert f"Labelled folder `{photos}`: accuracy" in (project / "metrics/report.md").read_text()
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    assert set(scored) == set(metrics) == SCORES_KEYS, "one scorer: the test split and the folder share a schema"
+    assert set(scored["per_class"]["cat"]) == set(metrics["per_class"]["cat"])
+    assert set(scored["macro_avg"]) == set(metrics["macro_avg"]) == set(scored["weighted_avg"])
+    assert f"## Metrics on the labelled folder `{photos}`" in (project / "metrics/report.md").read_text()
 
 
 def write_evaluate_params(tmp_path: Path, **values: object) -> Path:

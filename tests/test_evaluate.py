@@ -6,13 +6,17 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from imageclf.errors import UserError
+from imageclf.evaluation import evaluate
 from imageclf.params import load_params
+from imageclf.splitting import make_split
 from tests.helpers import CLASSES, PROJECT, dvc_repro, make_image_folder, set_params
+from tests.test_predict import save_always_cat
 
 PICTURES = ("confusion_matrix", "misclassified", "precision_recall", "training_curves")
 
@@ -101,6 +105,34 @@ def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project
     assert set(scored["per_class"]["cat"]) == set(metrics["per_class"]["cat"])
     assert set(scored["macro_avg"]) == set(metrics["macro_avg"]) == set(scored["weighted_avg"])
     assert f"## Metrics on the labelled folder `{photos}`" in (project / "metrics/report.md").read_text()
+
+
+def shaded_cells_box(panel: np.ndarray) -> tuple[int, int]:
+    """Height and width of the box around one panel's cells coloured blue by a share of about 0.3 or more: blue well
+    above red, which leaves out the white background, the palest cells and black, white or grey text."""
+    red, blue = panel[..., 0], panel[..., 2]
+    rows, columns = np.nonzero((blue - red > 50) & (red < 200))
+    assert rows.size, "no shaded cell in the panel"
+    return rows.max() - rows.min(), columns.max() - columns.min()
+
+
+def test_the_confusion_plot_has_true_classes_in_rows_and_predicted_in_columns(tmp_path: Path) -> None:
+    """An always-cat model on one test image per class: its confusion matrix is one full column (predicted cat), not
+    one full row; the picture evaluate draws must show a tall shaded column in both panels."""
+    raw = make_image_folder(tmp_path / "raw", per_class=10)
+    make_split(raw, CLASSES, 32, 0.1, 0.1, 0, tmp_path / "split")
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,train_loss,val_loss,train_accuracy,val_accuracy,lr\n1,1.0,1.1,0.5,0.4,0.001\n")
+    model_path = save_always_cat(tmp_path / "model.pt")
+    params = load_params(PROJECT / "params.yaml")
+    metrics = evaluate(model_path, tmp_path / "split/test", history, tmp_path / "metrics", params)
+    assert sorted((miss["true"], miss["predicted"]) for miss in metrics["misses"]) == [("dog", "cat"), ("horse", "cat")]
+    with Image.open(tmp_path / "metrics/plots/confusion_matrix.png") as picture:
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    width = pixels.shape[1]
+    for panel in (pixels[:, : width // 2], pixels[:, width // 2 :]):
+        height, breadth = shaded_cells_box(panel)
+        assert height > 2.5 * breadth, f"a shaded box {breadth} wide and {height} high: the matrix is transposed"
 
 
 def write_evaluate_params(tmp_path: Path, **values: object) -> Path:

@@ -12,7 +12,8 @@ import yaml
 from PIL import Image
 
 from imageclf.errors import UserError
-from imageclf.evaluation import evaluate
+from imageclf.evaluation import evaluate, score_test_images
+from imageclf.models import load_model
 from imageclf.params import load_params
 from imageclf.splitting import make_split
 from tests.helpers import CLASSES, PROJECT, dvc_repro, make_image_folder, set_params
@@ -133,6 +134,15 @@ def test_the_confusion_plot_has_true_classes_in_rows_and_predicted_in_columns(tm
     for panel in (pixels[:, : width // 2], pixels[:, width // 2 :]):
         height, breadth = shaded_cells_box(panel)
         assert height > 2.5 * breadth, f"a shaded box {breadth} wide and {height} high: the matrix is transposed"
+
+
+def test_a_test_images_folder_without_labels_is_refused_with_one_line(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (200, 60, 60)).save(photos / "unknown.jpg")
+    saved = load_model(save_always_cat(tmp_path / "model.pt"))
+    with pytest.raises(UserError, match=f"evaluate.test_images '{photos}' holds no labelled images: put them in class"):
+        score_test_images(saved, photos, load_params(PROJECT / "params.yaml"))
 
 
 def write_evaluate_params(tmp_path: Path, **values: object) -> Path:

@@ -29,6 +29,8 @@ def test_accuracy_per_class_scores_averages_and_misses() -> None:
         {"path": "photo2.jpg", "true": "cat", "predicted": "dog", "confidence": 0.6},
         {"path": "photo4.jpg", "true": "dog", "predicted": "horse", "confidence": 0.5},
     ]
+    reversed_input = classification_scores(TRUE[::-1], PROBABILITIES[::-1], CLASSES, PATHS[::-1])
+    assert [miss["path"] for miss in reversed_input["misses"]] == ["photo2.jpg", "photo4.jpg"]
     # cat: 2 of 3 found, no false alarm; dog: 1 of 2 found, 1 false alarm (a cat); horse: 1 of 1, 1 false alarm
     expected = {
         "cat": {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3, "average_precision": 1.0},

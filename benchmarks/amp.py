@@ -24,9 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from imageclf.data import ImageDataset
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError, exits_cleanly
+from imageclf.manifest import ImageDataset
 from imageclf.models import Classifier, create_model, preprocessing_for
 from imageclf.optim import build_optimizer
 from imageclf.params import DEVICES, TrainParams, load_params

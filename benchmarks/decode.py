@@ -22,8 +22,8 @@ import PIL
 import yaml
 from PIL import Image
 
-from imageclf.data import stored_side
 from imageclf.images import is_image_name, open_rgb, shrink_shorter_side
+from imageclf.splitting import stored_side
 
 PROJECT = Path(__file__).resolve().parent.parent
 

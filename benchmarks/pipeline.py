@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from imageclf.inference import labelled_scores, predict_folder
 from imageclf.models import load_model
-from imageclf.predict import files_to_predict, labelled_accuracy, labelled_result, predict_files
 
 PROJECT = Path(__file__).resolve().parent.parent
 STAGES = ("split", "augment", "train", "evaluate")
@@ -64,15 +64,18 @@ def repro_seconds(work: Path, environment: dict[str, str], *options: str) -> flo
     return round(time.perf_counter() - start, 1)
 
 
-def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict[str, float]:
-    """Accuracy on a labelled folder, and how many of its photos `predict` reads and classifies per second."""
+def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict:
+    """The scores of a labelled folder (the keys of metrics/evaluate.json), and how many of its photos `predict`
+    reads and classifies per second."""
     saved = load_model(model_path)
-    found, _ = files_to_predict([folder])
     start = time.perf_counter()
-    predictions = list(predict_files(saved, [path for path, _ in found], tta, 64, description="hold-out"))
+    results, unreadable = predict_folder(saved, folder, tta, 64, description="hold-out")
     seconds = time.perf_counter() - start
-    scores = labelled_accuracy([labelled_result(prediction, folder, saved.classes) for prediction in predictions])
-    return {"holdout_accuracy": scores["accuracy"], "predict_images_per_second": round(len(found) / seconds, 1)}
+    images_per_second = round((len(results) + len(unreadable)) / seconds, 1)
+    return {
+        "holdout": labelled_scores(results, saved.classes, unreadable=len(unreadable)),
+        "predict_images_per_second": images_per_second,
+    }
 
 
 def main() -> None:
@@ -111,15 +114,10 @@ def main() -> None:
             "test_accuracy": evaluation["accuracy"],
             "test_macro_f1": evaluation["macro_avg"]["f1"],
         }
+        report["test_misses"] = evaluation["misses"]
         if args.holdout:
-            report["holdout"] = str(args.holdout)
+            report["holdout_folder"] = str(args.holdout)
             report |= holdout_scores(work / "models/model.pt", args.holdout, params["evaluate"]["tta"])
-        misses = [
-            line
-            for line in (work / "metrics/test_predictions.csv").read_text().splitlines()[1:]
-            if line.split(",")[1] != line.split(",")[2]
-        ]
-        report["test_misses"] = misses
         if args.then:
             set_params(work / "params.yaml", [args.then])
             report["after_change"] = {"change": args.then, "seconds": repro_seconds(work, environment)}

@@ -12,10 +12,10 @@ import json
 import time
 from pathlib import Path
 
-from imageclf.data import read_manifest
+from imageclf.inference import files_to_predict, label_from_path, predict_files
+from imageclf.manifest import read_manifest
 from imageclf.models import load_model
-from imageclf.params import TTA_MODES
-from imageclf.predict import files_to_predict, label_from_path, predict_files
+from imageclf.views import TTA
 
 
 def labelled_files(args: argparse.Namespace, classes: list[str]) -> dict[str, tuple[list[Path], list[str]]]:
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--split", type=Path, action="append", default=[], help="a split folder with a manifest")
     parser.add_argument("--folder", type=Path, action="append", default=[], help="a labelled image folder")
-    parser.add_argument("--tta", nargs="+", choices=TTA_MODES, default=list(TTA_MODES))
+    parser.add_argument("--tta", nargs="+", choices=TTA, default=list(TTA))
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     saved = load_model(args.model)

@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from imageclf.data import Record, read_manifest, write_manifest
 from imageclf.errors import UserError
 from imageclf.files import atomic_dir, write_atomic
 from imageclf.images import jpeg_bytes, open_rgb, to_square
+from imageclf.manifest import Record, read_manifest, write_manifest
 
 
 def build_transform(transforms: list[dict]) -> albumentations.Compose:

@@ -1,7 +1,7 @@
 """The `imageclf` command: use a trained model outside the pipeline, inspect models, run the lessons.
 
 imageclf predict photo.jpg more_photos/ [--model models/model.pt] [--top-k 3] [--json]
-imageclf summary [--model resnet50] [--mode fine_tuning]
+imageclf summary [--architecture resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
 
@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 from imageclf.errors import exits_cleanly
-from imageclf.fetch import add_fetch_command
-from imageclf.params import DEFAULT_TTA, PARAMS_FILE, TRAIN_MODES, TTA_MODES, load_params
+from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
+from imageclf.views import DEFAULT_TTA, TTA
 
 
 def positive_int(text: str) -> int:
@@ -33,14 +33,14 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def summary(args: argparse.Namespace) -> int:
-    """Print the layer table of `--model` in `--mode` (by default, those of params.yaml)."""
+    """Print the layer table of `--architecture` in `--mode` (by default, those of params.yaml)."""
     from imageclf.summary import model_summary
 
-    params = load_params() if PARAMS_FILE.is_file() and not (args.model and args.mode) else None
-    name = args.model or (params.train.model if params else "original")
+    params = load_params() if PARAMS_FILE.is_file() and not (args.architecture and args.mode) else None
+    architecture = args.architecture or (params.train.model if params else "original")
     mode = args.mode or (params.train.mode if params else "fromzero")
     num_classes = len(params.data.classes) if params else 3
-    print(model_summary(name, mode, num_classes, args.image_size))
+    print(model_summary(architecture, mode, num_classes, args.image_size))
     return 0
 
 
@@ -56,6 +56,13 @@ def regression(args: argparse.Namespace) -> int:
     return 0
 
 
+def fetch(args: argparse.Namespace) -> int:
+    """Import the classes of params.yaml from the Animals-10 download into `--dest`."""
+    from imageclf.fetch import fetch_command
+
+    return fetch_command(args.source, args.kaggle, args.dest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imageclf", description="Use a model trained by the DVC pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,20 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify images; in class folders or named <class>_*.jpg, also print the accuracy and misses.",
     )
     predict_parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image file or a folder")
-    predict_parser.add_argument("--model", type=Path, default=Path("models/model.pt"), help="the model file")
+    predict_parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/model.pt"),
+        metavar="FILE",
+        help="the model file the train stage wrote (default: models/model.pt)",
+    )
     predict_parser.add_argument("--top-k", type=positive_int, default=3, help="classes to list per image (3)")
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     predict_parser.add_argument(
         "--tta",
-        choices=TTA_MODES,
+        choices=TTA,
         default=DEFAULT_TTA,
         help=f"views as in evaluate.tta: flip averages the photo and its mirror image (default: {DEFAULT_TTA})",
     )
     predict_parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (32)")
     predict_parser.set_defaults(run=predict)
 
-    summary_parser = commands.add_parser("summary", help="print a model's layers, parameters and input size")
-    summary_parser.add_argument("--model", help="a train.model name (default: train.model of params.yaml)")
+    summary_parser = commands.add_parser(
+        "summary",
+        help="print an architecture's layers, parameters and input size",
+        description="Print the layer table of an architecture (a train.model name), built with random weights.",
+    )
+    summary_parser.add_argument(
+        "--architecture",
+        "--model",
+        metavar="NAME",
+        help="a train.model name such as resnet50 (default: train.model of params.yaml); --model is an alias, "
+        "as in the study notes' main.py summary -m NAME",
+    )
     summary_parser.add_argument("--mode", choices=TRAIN_MODES, help="default: train.mode of params.yaml")
     summary_parser.add_argument("--image-size", type=int, help="input side in pixels (default: the model's own)")
     summary_parser.set_defaults(run=summary)
@@ -89,7 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     regression_parser.add_argument("--plot", type=Path, default=Path("regression_loss.png"), help="the loss curve PNG")
     regression_parser.set_defaults(run=regression)
 
-    add_fetch_command(commands)
+    fetch_parser = commands.add_parser(
+        "fetch", help="import a public data set into data/raw", description="Import Kaggle's Animals-10 archive."
+    )
+    fetch_parser.add_argument("dataset", choices=["animals10"], help="the data set")
+    where = fetch_parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--source", type=Path, metavar="PATH", help="the downloaded zip, or the folder it unpacks to")
+    where.add_argument("--kaggle", action="store_true", help="download Animals-10 with the Kaggle API")
+    fetch_parser.add_argument(
+        "--dest", type=Path, default=Path("data/raw"), help="where <class>/ folders go (default: data/raw)"
+    )
+    fetch_parser.set_defaults(run=fetch)
     return parser
 
 

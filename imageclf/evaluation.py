@@ -4,19 +4,20 @@ from pathlib import Path
 
 import numpy as np
 
-from imageclf.data import read_manifest
 from imageclf.errors import UserError, warn
 from imageclf.files import write_csv, write_json
-from imageclf.metrics import classification_metrics, confusion_matrices, precision_recall_curves
+from imageclf.inference import labelled_scores, predict_files, predict_folder
+from imageclf.manifest import read_manifest
+from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
 from imageclf.models import SavedModel, load_model
 from imageclf.params import Params
-from imageclf.predict import files_to_predict, labelled_accuracy, labelled_result, predict_files
 from imageclf.reports import (
     Miss,
-    plot_confusion,
+    confusion_figure,
     plot_gallery,
     plot_precision_recall,
     plot_training_curves,
+    save_figure,
     write_report,
 )
 
@@ -41,21 +42,22 @@ def load_model_for(model_path: Path, classes: list[str]) -> SavedModel:
 
 
 def score_test_images(saved: SavedModel, folder: Path, params: Params) -> dict:
-    """Accuracy on a labelled folder (class folders or `<class>_name.jpg` files); unreadable files are warned about."""
+    """`classification_scores` on a labelled folder (class folders or `<class>_name.jpg` files); unreadable files are
+    warned about and counted, a folder without labelled images is refused."""
     if not folder.is_dir():
         raise UserError(f"evaluate.test_images '{folder}' is not a folder: fix the path or set it to \"\"")
-    found, errors = files_to_predict([folder])
-    for error in errors:
-        warn(error)
-    results = []
-    for prediction in predict_files(
-        saved, [path for path, _ in found], params.evaluate.tta, params.evaluate.batch_size, description="test_images"
-    ):
-        if prediction.probabilities is None:
-            warn(f"cannot read '{prediction.path}': {prediction.error}")
-        else:
-            results.append(labelled_result(prediction, folder, saved.classes))
-    return {"folder": str(folder), **labelled_accuracy(results), "unreadable": len(found) - len(results)}
+    results, unreadable = predict_folder(
+        saved, folder, params.evaluate.tta, params.evaluate.batch_size, description="test_images"
+    )
+    for prediction in unreadable:
+        warn(f"cannot read '{prediction.path}': {prediction.error}")
+    scores = labelled_scores(results, saved.classes, unreadable=len(unreadable))
+    if scores is None:
+        raise UserError(
+            f"evaluate.test_images '{folder}' holds no labelled images: put them in class folders "
+            f"({', '.join(saved.classes)}) or name them <class>_*.jpg"
+        )
+    return scores
 
 
 def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:
@@ -73,15 +75,14 @@ def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path
     probabilities = np.stack([prediction.probabilities for prediction in predictions])
     true = [record.label for record in records]
     predicted = [classes[index] for index in probabilities.argmax(axis=1)]
-    confidence = probabilities.max(axis=1)
 
-    metrics = classification_metrics(true, probabilities, classes)
+    metrics = classification_scores(true, probabilities, classes, [record.source for record in records])
     write_json(out_dir / METRICS_FILE, metrics)
     write_csv(
         out_dir / PREDICTIONS_FILE,
         [
-            {"path": record.source, "actual": actual, "predicted": guess, "confidence": round(float(p), 4)}
-            for record, actual, guess, p in zip(records, true, predicted, confidence, strict=True)
+            {"path": record.source, "actual": actual, "predicted": guess, "confidence": round(float(row.max()), 4)}
+            for record, actual, guess, row in zip(records, true, predicted, probabilities, strict=True)
         ],
         ["path", "actual", "predicted", "confidence"],
     )
@@ -101,16 +102,13 @@ def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path
         "Precision-recall curves": plots / "precision_recall.png",
         "Training curves": plots / "training_curves.png",
     }
-    plot_confusion(*confusion_matrices(true, predicted, classes), classes, pictures["Confusion matrix"])
-    misses = sorted(
-        (
-            Miss(image, Path(record.source).name, actual, guess, float(p))
-            for image, record, actual, guess, p in zip(images, records, true, predicted, confidence, strict=True)
-            if actual != guess
-        ),
-        key=lambda miss: -miss.confidence,
-    )
-    plot_gallery(misses[: params.evaluate.gallery_size], len(records), pictures["Misclassified test images"])
+    save_figure(confusion_figure(*confusion_matrices(true, predicted, classes), classes), pictures["Confusion matrix"])
+    image_of = {record.source: image for record, image in zip(records, images, strict=True)}
+    misses = [
+        Miss(image_of[miss["path"]], Path(miss["path"]).name, miss["true"], miss["predicted"], miss["confidence"])
+        for miss in metrics["misses"][: params.evaluate.gallery_size]
+    ]
+    plot_gallery(misses, len(records), pictures["Misclassified test images"])
     average_precision = {label: row["average_precision"] for label, row in metrics["per_class"].items()}
     plot_precision_recall(curves, average_precision, pictures["Precision-recall curves"])
     plot_training_curves(history_path, pictures["Training curves"])

@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm import tqdm
 
 from imageclf import images
-from imageclf.data import ImageDataset
 from imageclf.device import loader_options
 from imageclf.files import write_atomic
+from imageclf.manifest import ImageDataset
 
 CACHE_ENVIRONMENT_VARIABLE = "IMAGECLF_FEATURE_CACHE"
 # Every batch the backbone sees has this many images (the last one padded): an image's features then do not

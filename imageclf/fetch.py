@@ -1,6 +1,5 @@
 """Import Kaggle's Animals-10 (folders in Italian under `raw-img/`) into `<dest>/<English class name>/`."""
 
-import argparse
 import importlib.util
 import os
 import shutil
@@ -128,27 +127,12 @@ def fetch_animals10(source: Path | None, use_kaggle: bool, dest: Path, classes: 
         return import_animals10(download_animals10(Path(folder)), dest, classes)
 
 
-def run_fetch(args: argparse.Namespace) -> int:
+def fetch_command(source: Path | None, use_kaggle: bool, dest: Path) -> int:
     """`imageclf fetch animals10`: check params.yaml, import the configured classes, say what to do next."""
     params = load_params()
-    counts = fetch_animals10(args.source, args.kaggle, args.dest, params.data.classes)
+    counts = fetch_animals10(source, use_kaggle, dest, params.data.classes)
     listed = ", ".join(f"{label} {count:,}" for label, count in counts.items())
-    print(f"imported {sum(counts.values()):,} files into {args.dest}/: {listed}")
-    print(f"track the folder with DVC:  dvc add {args.dest}")
-    print(f"point data.raw_dir at it:   set 'raw_dir: {args.dest}' under data: in params.yaml, then dvc repro")
+    print(f"imported {sum(counts.values()):,} files into {dest}/: {listed}")
+    print(f"track the folder with DVC:  dvc add {dest}")
+    print(f"point data.raw_dir at it:   set 'raw_dir: {dest}' under data: in params.yaml, then dvc repro")
     return 0
-
-
-def add_fetch_command(commands: argparse._SubParsersAction) -> None:
-    """The `fetch` subcommand of the `imageclf` command."""
-    parser = commands.add_parser(
-        "fetch", help="import a public data set into data/raw", description="Import Kaggle's Animals-10 archive."
-    )
-    parser.add_argument("dataset", choices=["animals10"], help="the data set")
-    where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--source", type=Path, metavar="PATH", help="the downloaded zip, or the folder it unpacks to")
-    where.add_argument("--kaggle", action="store_true", help=f"download {ANIMALS10_SLUG} with the Kaggle API")
-    parser.add_argument(
-        "--dest", type=Path, default=Path("data/raw"), help="where <class>/ folders go (default: data/raw)"
-    )
-    parser.set_defaults(run=run_fetch)

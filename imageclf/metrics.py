@@ -11,10 +11,22 @@ from sklearn.metrics import (
 SCORES = ("precision", "recall", "f1")
 
 
-def classification_metrics(true: list[str], probabilities: np.ndarray, classes: list[str]) -> dict:
-    """Accuracy; precision, recall, F1, support and average precision per class; macro and weighted averages.
+def classification_scores(
+    true: list[str],
+    probabilities: np.ndarray,
+    classes: list[str],
+    paths: list[str],
+    unlabelled: int = 0,
+    unreadable: int = 0,
+) -> dict:
+    """The one scorer, so that every scored set (the test split, `evaluate.test_images`, a labelled folder given to
+    `imageclf predict`, the benchmark's hold-out folder) is reported with the same keys.
 
-    `probabilities` has one row per image and one column per class; the prediction is the most probable class.
+    `probabilities` has one row per image (`true[i]`, file `paths[i]`) and one column per class, in the order of
+    `classes`; the prediction is the most probable class. Returns the accuracy; the counts (`images` scored,
+    `correct`, and the files that could not be scored: `unlabelled`, `unreadable`); precision, recall, F1, support
+    and average precision per class (average precision is None for a class with no image); macro and weighted
+    averages; and the misses, most confident first.
     """
     predicted = [classes[index] for index in probabilities.argmax(axis=1)]
     report = classification_report(true, predicted, labels=classes, output_dict=True, zero_division=0)
@@ -22,19 +34,33 @@ def classification_metrics(true: list[str], probabilities: np.ndarray, classes: 
     def scores(row: dict) -> dict:
         return {name: float(row[f"{name}-score" if name == "f1" else name]) for name in SCORES}
 
+    def average_precision(index: int, label: str) -> float | None:
+        is_label = np.array(true) == label
+        return float(average_precision_score(is_label, probabilities[:, index])) if is_label.any() else None
+
+    misses = [
+        {"path": path, "true": actual, "predicted": guess, "confidence": float(row.max())}
+        for path, actual, guess, row in zip(paths, true, predicted, probabilities, strict=True)
+        if actual != guess
+    ]
+    correct = len(true) - len(misses)
     return {
-        "accuracy": float(np.mean(np.array(true) == np.array(predicted))),
+        "accuracy": correct / len(true),
         "images": len(true),
+        "correct": correct,
+        "unlabelled": unlabelled,
+        "unreadable": unreadable,
         "macro_avg": scores(report["macro avg"]),
         "weighted_avg": scores(report["weighted avg"]),
         "per_class": {
             label: {
                 **scores(report[label]),
                 "support": int(report[label]["support"]),
-                "average_precision": float(average_precision_score(np.array(true) == label, probabilities[:, index])),
+                "average_precision": average_precision(index, label),
             }
             for index, label in enumerate(classes)
         },
+        "misses": sorted(misses, key=lambda miss: -miss["confidence"]),
     }
 
 

@@ -10,6 +10,7 @@ import yaml
 from imageclf.errors import UserError
 from imageclf.models import MODELS
 from imageclf.optim import OPTIMIZERS, SCHEDULES
+from imageclf.views import TTA
 
 PARAMS_FILE = Path("params.yaml")
 TRAIN_MODES = ("fromzero", "transfer_learning", "fine_tuning")
@@ -17,8 +18,6 @@ MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "weighted")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-TTA_MODES = ("flip", "none")  # test-time views: the whole photo and its mirror image, or the whole photo only
-DEFAULT_TTA = "none"
 
 
 @dataclass(frozen=True)
@@ -194,7 +193,7 @@ def _check_values(params: Params, path: Path) -> None:
     _check_train(train, path)
     evaluate = params.evaluate
     _require(evaluate.batch_size >= 1, path, "evaluate.batch_size", evaluate.batch_size, "it must be 1 or more")
-    _one_of(evaluate.tta, TTA_MODES, path, "evaluate.tta")
+    _one_of(evaluate.tta, tuple(TTA), path, "evaluate.tta")
     _require(evaluate.gallery_size >= 0, path, "evaluate.gallery_size", evaluate.gallery_size, "it must be 0 or more")
 
 

@@ -1,194 +1,12 @@
-"""Prediction: the one code path from image files to class probabilities, used by evaluate and `imageclf predict`.
-
-Images are decoded with `open_rgb`, turned into one or more views (`tta`), batched, and the softmax of the views
-is averaged.
-"""
+"""`imageclf predict`: print each file's class and confidence (a table or JSON), and the accuracy when labelled."""
 
 import json
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
-import torch
-from PIL import Image, ImageOps
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
-
-from imageclf.device import loader_options, select_device
-from imageclf.errors import UserError
-from imageclf.images import Preprocessing, is_image_name, open_rgb
-from imageclf.models import SavedModel, load_model
-from imageclf.params import TTA_MODES
-
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-
-
-def views(image: Image.Image, tta: str) -> list[Image.Image]:
-    """The images the model sees for one photo under test-time augmentation `tta` (see TTA_MODES).
-
-    Each view is the whole photo, resized to a square later (no crop, so no subject at an edge is lost).
-    """
-    if tta == "none":
-        return [image]
-    if tta == "flip":
-        return [image, ImageOps.mirror(image)]
-    raise UserError(f"test-time augmentation '{tta}' is unknown; choices: {', '.join(TTA_MODES)}")
-
-
-@dataclass(frozen=True)
-class ViewTransform:
-    """Photo → tensor of shape (views, 3, size, size), each view resized to the model's input square."""
-
-    preprocessing: Preprocessing
-    tta: str
-
-    @property
-    def image_size(self) -> int:
-        return self.preprocessing.image_size
-
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        return torch.stack([self.preprocessing(view) for view in views(image, self.tta)])
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One file's class probabilities, or why it could not be read (then `probabilities` is None)."""
-
-    path: Path
-    probabilities: np.ndarray | None
-    error: str = ""
-
-
-class ImageFiles(Dataset):
-    """Image files as (index, views tensor or None, error message); a file that cannot be decoded is not fatal."""
-
-    def __init__(self, paths: list[Path], transform: ViewTransform):
-        self.paths, self.transform = paths, transform
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str]:
-        try:
-            image = open_rgb(self.paths[index], min_side=self.transform.image_size)
-        except DECODE_ERRORS as error:
-            return index, None, f"{type(error).__name__}: {error}"
-        return index, self.transform(image), ""
-
-
-@torch.inference_mode()
-def predict_files(
-    saved: SavedModel,
-    paths: list[Path],
-    tta: str,
-    batch_size: int,
-    device: torch.device | None = None,
-    description: str = "predict",
-) -> Iterator[Prediction]:
-    """Class probabilities for each file, in order, `batch_size` files per forward pass."""
-    device = device or select_device()
-    model = saved.model.eval().to(device, memory_format=torch.channels_last)
-    loader = DataLoader(
-        ImageFiles(paths, ViewTransform(saved.preprocessing, tta)),
-        batch_size,
-        collate_fn=list,
-        **loader_options(device),
-    )
-    for batch in tqdm(loader, desc=description, unit="batch", disable=None):
-        readable = [(index, tensor) for index, tensor, _ in batch if tensor is not None]
-        probabilities = {}
-        if readable:
-            stacked = torch.stack([tensor for _, tensor in readable])
-            n_images, n_views = stacked.shape[:2]
-            logits = model(stacked.flatten(0, 1).to(device, memory_format=torch.channels_last)).float()
-            averaged = logits.softmax(dim=1).view(n_images, n_views, -1).mean(dim=1).cpu().numpy()
-            probabilities = {index: row for (index, _), row in zip(readable, averaged, strict=True)}
-        for index, _, error in batch:
-            yield Prediction(paths[index], probabilities.get(index), error)
-
-
-def files_to_predict(targets: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
-    """The files `imageclf predict PATH...` classifies: (image file, the PATH it was found under) pairs, and one
-    error per missing path or imageless folder (unlike `data.find_images`, no class folders are required).
-
-    Folders are searched recursively for image file names; a file named directly is taken whatever its name.
-    """
-    found, errors = [], []
-    for target in targets:
-        if target.is_dir():
-            files = sorted(path for path in target.rglob("*") if path.is_file() and is_image_name(path))
-            if not files:
-                errors.append(f"'{target}' holds no image files (.jpg, .png, .webp, .bmp, ...)")
-            found += [(path, target) for path in files]
-        elif target.is_file():
-            found.append((target, target))
-        else:
-            errors.append(f"'{target}' does not exist")
-    return found, errors
-
-
-def label_from_path(path: Path, target: Path, classes: list[str]) -> str | None:
-    """The class a file is labelled with, or None: its name starts with `<class>_` (`dog_multiple.jpg`), or a
-    folder between it and `target` (or `target` itself) is named after a class. Case does not matter."""
-    by_name = {label.lower(): label for label in classes}
-    stem = path.stem.lower()
-    for name, label in by_name.items():
-        if stem.startswith(f"{name}_"):
-            return label
-    folder = path.parent
-    stop = target if target.is_dir() else target.parent
-    while True:
-        if folder.name.lower() in by_name:
-            return by_name[folder.name.lower()]
-        if folder == stop or folder == folder.parent:
-            return None
-        folder = folder.parent
-
-
-@dataclass(frozen=True)
-class LabelledResult:
-    """A prediction with its class, confidence and (when the file name or folder tells it) its true class."""
-
-    path: Path
-    label: str
-    confidence: float
-    probabilities: dict[str, float]
-    true_label: str | None
-
-    @property
-    def correct(self) -> bool:
-        return self.label == self.true_label
-
-
-def labelled_result(prediction: Prediction, target: Path, classes: list[str]) -> LabelledResult:
-    probabilities = prediction.probabilities
-    best = int(np.argmax(probabilities))
-    return LabelledResult(
-        prediction.path,
-        classes[best],
-        float(probabilities[best]),
-        {label: float(p) for label, p in zip(classes, probabilities, strict=True)},
-        label_from_path(prediction.path, target, classes),
-    )
-
-
-def labelled_accuracy(results: list[LabelledResult]) -> dict:
-    """Accuracy over the results that carry a true label, and the misses, most confident first."""
-    labelled = [result for result in results if result.true_label is not None]
-    misses = sorted((result for result in labelled if not result.correct), key=lambda result: -result.confidence)
-    return {
-        "images": len(results),
-        "labelled": len(labelled),
-        "correct": len(labelled) - len(misses),
-        "accuracy": (len(labelled) - len(misses)) / len(labelled) if labelled else None,
-        "misses": [
-            {"path": str(miss.path), "true": miss.true_label, "predicted": miss.label, "confidence": miss.confidence}
-            for miss in misses
-        ],
-    }
+from imageclf.inference import LabelledResult, files_to_predict, labelled_result, labelled_scores, predict_files
+from imageclf.models import load_model
 
 
 def format_row(result: LabelledResult, top_k: int, width: int) -> str:
@@ -197,15 +15,15 @@ def format_row(result: LabelledResult, top_k: int, width: int) -> str:
     return f"{result.path!s:<{width}}  {result.label:<10}  {result.confidence:>10.3f}  {top}"
 
 
-def print_summary(summary: dict, file: TextIO) -> None:
-    """Accuracy over the labelled images and the list of misses."""
-    unlabelled = summary["images"] - summary["labelled"]
+def print_summary(scores: dict, file: TextIO) -> None:
+    """Accuracy over the labelled images (from `classification_scores`) and the list of misses."""
+    unlabelled = scores["unlabelled"]
     print(
-        f"accuracy: {summary['accuracy']:.1%} ({summary['correct']}/{summary['labelled']} labelled images"
+        f"accuracy: {scores['accuracy']:.1%} ({scores['correct']}/{scores['images']} labelled images"
         + (f"; {unlabelled} without a label not counted)" if unlabelled else ")"),
         file=file,
     )
-    for miss in summary["misses"]:
+    for miss in scores["misses"]:
         print(
             f"miss: {miss['path']}  true {miss['true']}, predicted {miss['predicted']} ({miss['confidence']:.3f})",
             file=file,
@@ -236,7 +54,7 @@ def predict_command(targets: list[Path], model_path: Path, top_k: int, as_json: 
         results.append(result)
         if not as_json:
             print(format_row(result, top_k, width), flush=True)
-    summary = labelled_accuracy(results)
+    scores = labelled_scores(results, saved.classes, unreadable=len(found) - len(results))
     if as_json:
         print(
             json.dumps(
@@ -253,6 +71,6 @@ def predict_command(targets: list[Path], model_path: Path, top_k: int, as_json: 
                 indent=2,
             )
         )
-    if summary["labelled"]:
-        print_summary(summary, sys.stderr if as_json else sys.stdout)
+    if scores:
+        print_summary(scores, sys.stderr if as_json else sys.stdout)
     return 1 if errors else 0

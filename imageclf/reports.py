@@ -40,8 +40,9 @@ def save_figure(figure: Figure, path: Path) -> None:
     write_atomic(path, buffer.getvalue())
 
 
-def plot_confusion(counts: np.ndarray, normalised: np.ndarray, classes: list[str], path: Path) -> None:
-    """The confusion matrix twice: counts, and the share of each true class (rows sum to 1)."""
+def confusion_figure(counts: np.ndarray, normalised: np.ndarray, classes: list[str]) -> Figure:
+    """The confusion matrix twice, true classes in rows and predicted ones in columns: counts, and the share of each
+    true class (rows sum to 1). Both panels are coloured by that share."""
     figure = Figure(layout="constrained", figsize=(4.2 * 2 + 1, 4.2))
     for axes, matrix, title in zip(
         figure.subplots(1, 2), (counts, normalised), ("counts", "normalised per true class"), strict=True
@@ -55,7 +56,7 @@ def plot_confusion(counts: np.ndarray, normalised: np.ndarray, classes: list[str
         axes.set(title=f"Confusion matrix, {title}", xlabel="predicted", ylabel="true")
         axes.set_xticks(range(len(classes)), classes)
         axes.set_yticks(range(len(classes)), classes)
-    save_figure(figure, path)
+    return figure
 
 
 def thumbnail(path: Path) -> Image.Image:
@@ -133,29 +134,39 @@ def percent(value: float) -> str:
     return f"{100 * value:.2f} %"
 
 
-def write_report(path: Path, params: Params, metrics: dict, test_images: dict, pictures: dict[str, Path]) -> None:
-    """metrics/report.md: the params, the metrics table and the pictures (linked relative to the report)."""
-    lines = ["# Evaluation report", "", "## Metrics on the test split", ""]
-    lines += [f"Accuracy: **{percent(metrics['accuracy'])}** on {metrics['images']} images.", ""]
-    lines += ["| class | precision | recall | F1 | average precision | support |", "|---|---|---|---|---|---|"]
-    for label, row in metrics["per_class"].items():
+def scores_table(scores: dict) -> list[str]:
+    """Markdown rows of a `classification_scores` result: per class, then the macro and weighted averages."""
+    lines = ["| class | precision | recall | F1 | average precision | support |", "|---|---|---|---|---|---|"]
+    for label, row in scores["per_class"].items():
+        average_precision = "–" if row["average_precision"] is None else f"{row['average_precision']:.3f}"
         lines.append(
             f"| {label} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} "
-            f"| {row['average_precision']:.3f} | {row['support']} |"
+            f"| {average_precision} | {row['support']} |"
         )
     for name in ("macro_avg", "weighted_avg"):
-        row = metrics[name]
+        row = scores[name]
         lines.append(
             f"| *{name.replace('_', ' ')}* | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | "
-            f"| {metrics['images']} |"
+            f"| {scores['images']} |"
         )
-    if test_images.get("labelled"):
+    return lines
+
+
+def write_report(path: Path, params: Params, metrics: dict, test_images: dict, pictures: dict[str, Path]) -> None:
+    """metrics/report.md: the params, the scores of the test split (and of `evaluate.test_images`), the pictures
+    (linked relative to the report)."""
+    lines = ["# Evaluation report", "", "## Metrics on the test split", ""]
+    lines += [f"Accuracy: **{percent(metrics['accuracy'])}** on {metrics['images']} images.", ""]
+    lines += scores_table(metrics)
+    if test_images:
+        lines += ["", f"## Metrics on the labelled folder `{params.evaluate.test_images}`", ""]
         lines += [
+            f"Accuracy: **{percent(test_images['accuracy'])}** ({test_images['correct']}/{test_images['images']}; "
+            f"{test_images['unlabelled']} without a label, {test_images['unreadable']} unreadable).",
             "",
-            f"Labelled folder `{params.evaluate.test_images}`: accuracy **{percent(test_images['accuracy'])}** "
-            f"({test_images['correct']}/{test_images['labelled']}).",
         ]
-        lines += [
+        lines += scores_table(test_images)
+        lines += [""] + [
             f"- miss: `{m['path']}`: {m['true']} → {m['predicted']} ({m['confidence']:.2f})"
             for m in test_images["misses"]
         ]

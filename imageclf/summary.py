@@ -1,15 +1,16 @@
-"""`imageclf summary`: a model's layers, parameters and input, as the study group's `main.py summary` printed."""
+"""`imageclf summary`: an architecture's layers, parameters and input, as the study notes' `main.py summary` printed."""
 
 import torchinfo
 
 from imageclf.models import create_model, model_spec
 
 
-def model_summary(name: str, mode: str, num_classes: int, image_size: int | None = None) -> str:
-    """The layer table with output shapes and parameter counts; in transfer learning the backbone is frozen."""
-    spec = model_spec(name)
+def model_summary(architecture: str, mode: str, num_classes: int, image_size: int | None = None) -> str:
+    """The layer table of `architecture` (a train.model name) with output shapes and parameter counts, built with
+    random weights; in transfer learning the backbone is frozen."""
+    spec = model_spec(architecture)
     size = image_size or spec.input_size
-    model = create_model(name, num_classes, size, pretrained=False)
+    model = create_model(architecture, num_classes, size, pretrained=False)
     if mode == "transfer_learning":
         model.backbone.requires_grad_(False)
     statistics = torchinfo.summary(
@@ -21,7 +22,7 @@ def model_summary(name: str, mode: str, num_classes: int, image_size: int | None
         device="cpu",
     )
     return (
-        f"{name} ({mode}, {num_classes} classes)\n{statistics}\n"
+        f"{architecture} ({mode}, {num_classes} classes)\n{statistics}\n"
         f"Input: 3 × {size} × {size} RGB, scaled to [0, 1], normalised with mean {spec.mean} and std {spec.std}"
-        + ("" if image_size else f" ({name}'s own input size; data.image_size sets the pipeline's)")
+        + ("" if image_size else f" ({architecture}'s own input size; data.image_size sets the pipeline's)")
     )

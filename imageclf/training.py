@@ -20,11 +20,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from imageclf.data import ImageDataset
 from imageclf.device import Precision, is_distributed, loader_options, rank, select_device, world_size
 from imageclf.errors import UserError, warn
 from imageclf.features import cached_features
 from imageclf.files import write_atomic
+from imageclf.manifest import ImageDataset
 from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
 from imageclf.optim import Schedule, build_optimizer, build_schedule, step_schedule
 from imageclf.params import Params, TrainParams

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.data import MANIFEST_NAME, read_manifest
+from imageclf.manifest import MANIFEST_NAME, read_manifest
 from tests.helpers import copy_project, make_image_folder, set_params, tiny_params
 
 pytestmark = pytest.mark.slow  # kills real dvc repro runs part way

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from imageclf.augmentation import build_transform, make_augmented
-from imageclf.data import make_split, read_manifest
 from imageclf.errors import UserError
+from imageclf.manifest import read_manifest
+from imageclf.splitting import make_split
 from tests.helpers import CLASSES, PROJECT
 
 TRANSFORMS = [

@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.data import Record, find_images, make_split, read_manifest, split_records
 from imageclf.errors import UserError
+from imageclf.folders import find_images
+from imageclf.manifest import Record, read_manifest
+from imageclf.splitting import make_split, split_records
 from tests.helpers import CLASSES, make_image_folder
 
 

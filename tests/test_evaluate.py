@@ -6,25 +6,47 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
 from imageclf.errors import UserError
+from imageclf.evaluation import evaluate, score_test_images
+from imageclf.models import load_model
 from imageclf.params import load_params
+from imageclf.splitting import make_split
 from tests.helpers import CLASSES, PROJECT, dvc_repro, make_image_folder, set_params
+from tests.test_predict import save_always_cat
 
 PICTURES = ("confusion_matrix", "misclassified", "precision_recall", "training_curves")
 
 
-def test_metrics_json_holds_accuracy_per_class_scores_and_averages(reproduced_project: Path) -> None:
+SCORES_KEYS = {
+    "accuracy",
+    "images",
+    "correct",
+    "unlabelled",
+    "unreadable",
+    "macro_avg",
+    "weighted_avg",
+    "per_class",
+    "misses",
+}
+
+
+def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reproduced_project: Path) -> None:
     metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
-    assert set(metrics) == {"accuracy", "images", "macro_avg", "weighted_avg", "per_class"}
+    assert set(metrics) == SCORES_KEYS
     assert metrics["images"] == 3 and set(metrics["per_class"]) == set(CLASSES)
     for row in metrics["per_class"].values():
         assert set(row) == {"precision", "recall", "f1", "support", "average_precision"} and row["support"] == 1
-    rows = (reproduced_project / "metrics/test_predictions.csv").read_text().splitlines()[1:]
-    assert metrics["accuracy"] == sum(row.split(",")[1] == row.split(",")[2] for row in rows) / 3
+    rows = [row.split(",") for row in (reproduced_project / "metrics/test_predictions.csv").read_text().split()[1:]]
+    assert metrics["correct"] == sum(actual == guess for _, actual, guess, _ in rows)
+    assert metrics["accuracy"] == metrics["correct"] / 3
+    assert sorted(miss["path"] for miss in metrics["misses"]) == sorted(
+        path for path, actual, guess, _ in rows if actual != guess
+    )
     assert json.loads((reproduced_project / "metrics/test_images.json").read_text()) == {}
 
 
@@ -74,11 +96,53 @@ def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project
     assert ran == {"evaluate"}, output
     assert f"warning: cannot read '{photos / 'horse/broken.png'}'" in output
     scored = json.loads((project / "metrics/test_images.json").read_text())
-    assert scored["images"] == scored["labelled"] == 6 and scored["unreadable"] == 1
+    assert scored["images"] == 6 and scored["unlabelled"] == 0 and scored["unreadable"] == 1
     assert scored["correct"] == 6 - len(scored["misses"]) and scored["accuracy"] == scored["correct"] / 6
+    assert {label: row["support"] for label, row in scored["per_class"].items()} == {label: 2 for label in CLASSES}
     for miss in scored["misses"]:
         assert Path(miss["path"]).parent.name == miss["true"] != miss["predicted"]
-    assert f"Labelled folder `{photos}`: accuracy" in (project / "metrics/report.md").read_text()
+    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    assert set(scored) == set(metrics) == SCORES_KEYS, "one scorer: the test split and the folder share a schema"
+    assert set(scored["per_class"]["cat"]) == set(metrics["per_class"]["cat"])
+    assert set(scored["macro_avg"]) == set(metrics["macro_avg"]) == set(scored["weighted_avg"])
+    assert f"## Metrics on the labelled folder `{photos}`" in (project / "metrics/report.md").read_text()
+
+
+def shaded_cells_box(panel: np.ndarray) -> tuple[int, int]:
+    """Height and width of the box around one panel's cells coloured blue by a share of about 0.3 or more: blue well
+    above red, which leaves out the white background, the palest cells and black, white or grey text."""
+    red, blue = panel[..., 0], panel[..., 2]
+    rows, columns = np.nonzero((blue - red > 50) & (red < 200))
+    assert rows.size, "no shaded cell in the panel"
+    return rows.max() - rows.min(), columns.max() - columns.min()
+
+
+def test_the_confusion_plot_has_true_classes_in_rows_and_predicted_in_columns(tmp_path: Path) -> None:
+    """An always-cat model on one test image per class: its confusion matrix is one full column (predicted cat), not
+    one full row; the picture evaluate draws must show a tall shaded column in both panels."""
+    raw = make_image_folder(tmp_path / "raw", per_class=10)
+    make_split(raw, CLASSES, 32, 0.1, 0.1, 0, tmp_path / "split")
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,train_loss,val_loss,train_accuracy,val_accuracy,lr\n1,1.0,1.1,0.5,0.4,0.001\n")
+    model_path = save_always_cat(tmp_path / "model.pt")
+    params = load_params(PROJECT / "params.yaml")
+    metrics = evaluate(model_path, tmp_path / "split/test", history, tmp_path / "metrics", params)
+    assert sorted((miss["true"], miss["predicted"]) for miss in metrics["misses"]) == [("dog", "cat"), ("horse", "cat")]
+    with Image.open(tmp_path / "metrics/plots/confusion_matrix.png") as picture:
+        pixels = np.asarray(picture.convert("RGB")).astype(int)
+    width = pixels.shape[1]
+    for panel in (pixels[:, : width // 2], pixels[:, width // 2 :]):
+        height, breadth = shaded_cells_box(panel)
+        assert height > 2.5 * breadth, f"a shaded box {breadth} wide and {height} high: the matrix is transposed"
+
+
+def test_a_test_images_folder_without_labels_is_refused_with_one_line(tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (200, 60, 60)).save(photos / "unknown.jpg")
+    saved = load_model(save_always_cat(tmp_path / "model.pt"))
+    with pytest.raises(UserError, match=f"evaluate.test_images '{photos}' holds no labelled images: put them in class"):
+        score_test_images(saved, photos, load_params(PROJECT / "params.yaml"))
 
 
 def write_evaluate_params(tmp_path: Path, **values: object) -> Path:
@@ -92,7 +156,7 @@ def write_evaluate_params(tmp_path: Path, **values: object) -> Path:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"tta": "crops"}, "'evaluate.tta' is 'crops'; allowed: flip, none"),
+        ({"tta": "crops"}, "'evaluate.tta' is 'crops'; allowed: none, flip"),
         ({"gallery_size": -1}, "'evaluate.gallery_size' is -1; it must be 0 or more"),
         ({"test_images": None}, "'evaluate.test_images' must be str, got None"),
         ({"batch_size": 0}, "'evaluate.batch_size' is 0; it must be 1 or more"),

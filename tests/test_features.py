@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.data import ImageDataset, make_split
 from imageclf.features import CACHE_ENVIRONMENT_VARIABLE, EXTRACTION_BATCH_SIZE, cached_features, extract_features
+from imageclf.manifest import ImageDataset
 from imageclf.models import create_model, preprocessing_for
+from imageclf.splitting import make_split
 from tests.helpers import CLASSES, make_image_folder
 
 CPU = torch.device("cpu")

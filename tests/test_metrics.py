@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 
-from imageclf.metrics import classification_metrics, confusion_matrices, precision_recall_curves
+from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
 from tests.helpers import CLASSES
 
 TRUE = ["cat", "cat", "cat", "dog", "dog", "horse"]
+PATHS = [f"photo{index}.jpg" for index in range(6)]
 # predicted: cat, cat, dog, dog, horse, horse
 PROBABILITIES = np.array(
     [
@@ -20,9 +21,16 @@ PROBABILITIES = np.array(
 )
 
 
-def test_accuracy_per_class_scores_and_averages() -> None:
-    metrics = classification_metrics(TRUE, PROBABILITIES, CLASSES)
-    assert metrics["accuracy"] == pytest.approx(4 / 6) and metrics["images"] == 6
+def test_accuracy_per_class_scores_averages_and_misses() -> None:
+    metrics = classification_scores(TRUE, PROBABILITIES, CLASSES, PATHS, unlabelled=2, unreadable=1)
+    assert metrics["accuracy"] == pytest.approx(4 / 6)
+    assert (metrics["images"], metrics["correct"], metrics["unlabelled"], metrics["unreadable"]) == (6, 4, 2, 1)
+    assert metrics["misses"] == [  # most confident first
+        {"path": "photo2.jpg", "true": "cat", "predicted": "dog", "confidence": 0.6},
+        {"path": "photo4.jpg", "true": "dog", "predicted": "horse", "confidence": 0.5},
+    ]
+    reversed_input = classification_scores(TRUE[::-1], PROBABILITIES[::-1], CLASSES, PATHS[::-1])
+    assert [miss["path"] for miss in reversed_input["misses"]] == ["photo2.jpg", "photo4.jpg"]
     # cat: 2 of 3 found, no false alarm; dog: 1 of 2 found, 1 false alarm (a cat); horse: 1 of 1, 1 false alarm
     expected = {
         "cat": {"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3, "average_precision": 1.0},
@@ -34,6 +42,12 @@ def test_accuracy_per_class_scores_and_averages() -> None:
     assert metrics["weighted_avg"] == pytest.approx(
         {"precision": (3 + 1 + 0.5) / 6, "recall": 4 / 6, "f1": (3 * 0.8 + 2 * 0.5 + 2 / 3) / 6}
     )
+
+
+def test_a_class_without_images_has_no_average_precision() -> None:
+    metrics = classification_scores(TRUE[:5], PROBABILITIES[:5], CLASSES, PATHS[:5])
+    assert metrics["per_class"]["horse"]["support"] == 0 and metrics["per_class"]["horse"]["average_precision"] is None
+    assert metrics["per_class"]["dog"]["average_precision"] == pytest.approx(0.5 + 0.5 * 2 / 3)
 
 
 def test_confusion_matrices_count_and_normalise_per_true_class() -> None:

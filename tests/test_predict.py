@@ -12,12 +12,14 @@ from PIL import Image
 
 from imageclf.errors import UserError
 from imageclf.evaluation import load_model_for
+from imageclf.inference import ViewTransform, label_from_path, predict_files
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
-from imageclf.predict import ViewTransform, label_from_path, predict_files, views
-from tests.helpers import CLASSES, make_image_folder
+from imageclf.views import TTA
+from tests.helpers import CLASS_COLOURS, CLASSES, copy_project, dvc_repro, make_image_folder, tiny_params
 
 # A model whose head ignores the image and always favours cat: softmax([1, 0, 0])
 CAT_CONFIDENCE = math.e / (math.e + 2)
+COLOUR_CLASSES = ["horse", "cat", "dog"]  # out of alphabetical order: the model's outputs come in this order
 
 
 def save_always_cat(path: Path) -> Path:
@@ -34,45 +36,89 @@ def always_cat(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_always_cat(tmp_path_factory.mktemp("model") / "model.pt")
 
 
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained by a real `dvc repro` to tell the generated images' colours apart, with data.classes out of
+    alphabetical order."""
+    root = tmp_path_factory.mktemp("colour-model")
+    raw = make_image_folder(root / "raw", per_class=20)
+    settings = {
+        **tiny_params(raw),
+        "data__classes": COLOUR_CLASSES,
+        "data__image_size": 64,
+        "augment__copies": 0,
+        "train__epochs": 60,
+        "train__lr": 0.01,
+    }
+    dvc_repro(copy_project(root / "project", **settings))
+    return root / "project/models/model.pt"
+
+
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(["imageclf", *args], cwd=cwd, capture_output=True, text=True)
 
 
-def save_every_mode(folder: Path) -> list[str]:
-    """One file for each format and mode that phones and the web produce."""
+def noisy(label: str, rng: np.random.Generator) -> Image.Image:
+    """A 48 × 40 picture in the class's colour with noise, as `make_image_folder` draws them."""
+    noise = rng.normal(0, 40, (40, 48, 3))
+    return Image.fromarray(np.clip(np.array(CLASS_COLOURS[label]) + noise, 0, 255).astype(np.uint8))
+
+
+def save_every_mode(folder: Path) -> dict[str, str | None]:
+    """One file for each format and mode that phones and the web produce, each in a class's colour where the mode
+    has colour; returns the class each file shows (None for the grey ones)."""
     folder.mkdir(parents=True)
-    palette = Image.new("P", (50, 30), 3)
-    palette.putpalette([40, 90, 200] * 256)
+    rng = np.random.default_rng(5)
+    translucent = noisy("dog", rng).convert("RGBA")
+    translucent.putalpha(230)
     exif = Image.Exif()
     exif[0x0112] = 6
     images = {
-        "rgb.jpg": (Image.new("RGB", (60, 40), (200, 60, 60)), {}),
-        "rgba.png": (Image.new("RGBA", (40, 60), (10, 200, 30, 100)), {}),
-        "palette.png": (palette, {}),
-        "gray.png": (Image.new("L", (30, 30), 120), {}),
-        "gray_alpha.png": (Image.new("LA", (30, 30), (90, 50)), {}),
-        "cmyk.jpg": (Image.new("CMYK", (50, 40), (0, 255, 255, 0)), {}),
-        "sixteen_bit.png": (Image.fromarray(np.full((40, 30), 40000, dtype=np.uint16)), {}),
-        "photo.webp": (Image.new("RGB", (64, 48), (20, 20, 220)), {}),
-        "bitmap.bmp": (Image.new("RGB", (30, 45), (220, 220, 20)), {}),
-        "rotated.jpg": (Image.new("RGB", (60, 40), (200, 100, 50)), {"exif": exif.tobytes()}),
+        "rgb.jpg": (noisy("cat", rng), {}, "cat"),
+        "rgba.png": (translucent, {}, "dog"),
+        "palette.png": (noisy("horse", rng).convert("P", palette=Image.Palette.ADAPTIVE), {}, "horse"),
+        "gray.png": (Image.new("L", (30, 30), 120), {}, None),
+        "gray_alpha.png": (Image.new("LA", (30, 30), (90, 50)), {}, None),
+        "cmyk.jpg": (noisy("cat", rng).convert("CMYK"), {}, "cat"),
+        "sixteen_bit.png": (Image.fromarray(np.full((40, 30), 40000, dtype=np.uint16)), {}, None),
+        "photo.webp": (noisy("horse", rng), {}, "horse"),
+        "bitmap.bmp": (noisy("dog", rng), {}, "dog"),
+        "rotated.jpg": (noisy("cat", rng), {"exif": exif.tobytes()}, "cat"),
     }
-    for name, (image, options) in images.items():
+    for name, (image, options, _) in images.items():
         image.save(folder / name, **options)
-    return sorted(images)
+    return {name: label for name, (_, _, label) in images.items()}
 
 
 @pytest.mark.slow
-def test_every_mode_is_predicted_and_json_probabilities_sum_to_one(tmp_path: Path, always_cat: Path) -> None:
-    names = save_every_mode(tmp_path / "photos")
-    result = run("predict", "photos", "--model", str(always_cat), "--json", cwd=tmp_path)
+def test_every_mode_is_predicted_by_its_colour_and_json_probabilities_sum_to_one(
+    tmp_path: Path, colour_model: Path
+) -> None:
+    shown = save_every_mode(tmp_path / "photos")
+    result = run("predict", "photos", "--model", str(colour_model), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert sorted(Path(row["path"]).name for row in rows) == names
+    assert sorted(Path(row["path"]).name for row in rows) == sorted(shown)
     for row in rows:
         assert set(row) == {"path", "label", "confidence", "probabilities"}
-        assert row["label"] == "cat" and row["confidence"] == pytest.approx(CAT_CONFIDENCE, abs=1e-5)
-        assert list(row["probabilities"]) == CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
+        assert list(row["probabilities"]) == COLOUR_CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
+        assert row["confidence"] == max(row["probabilities"].values())
+    labels = {Path(row["path"]).name: row["label"] for row in rows}
+    assert {name: labels[name] for name, label in shown.items() if label} == {
+        name: label for name, label in shown.items() if label
+    }
+
+
+def test_classes_out_of_alphabetical_order_keep_the_training_order(tmp_path: Path, colour_model: Path) -> None:
+    """data.classes is [horse, cat, dog]: the model's first output is horse, so naming outputs in sorted order
+    would call every horse a cat."""
+    make_image_folder(tmp_path / "photos", per_class=3, seed=7)
+    result = run("predict", "photos", "--model", str(colour_model), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert {row["path"]: row["label"] for row in rows} == {row["path"]: row["true_label"] for row in rows}
+    assert sorted(Path(row["path"]).parent.name for row in rows) == sorted(CLASSES * 3)
+    assert result.stderr.splitlines() == ["accuracy: 100.0% (9/9 labelled images)"]
 
 
 @pytest.mark.slow
@@ -158,16 +204,15 @@ def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) ->
 def test_views_keep_a_subject_at_the_left_edge() -> None:
     photo = Image.new("RGB", (300, 200), (255, 255, 255))
     photo.paste((255, 0, 0), (0, 80, 30, 120))  # a small red subject at the very left edge of a 3:2 photo
-    (whole,) = views(photo, "none")
+    assert list(TTA) == ["none", "flip"]
+    (whole,) = TTA["none"](photo)
     assert whole is photo
-    original, mirrored = views(photo, "flip")
+    original, mirrored = TTA["flip"](photo)
     assert original is photo and mirrored.size == (300, 200)
     assert np.asarray(mirrored)[100, 295].tolist() == [255, 0, 0] and np.asarray(mirrored)[100, 5].tolist() == [255] * 3
     squares = ViewTransform(preprocessing_for("efficientnet_lite0", 32), "flip")(photo)
     assert squares.shape == (2, 3, 32, 32)
     assert squares[0, :, 16, 1].tolist() == pytest.approx([1.0, -1.0, -1.0], abs=0.1)  # red survives at the edge
-    with pytest.raises(UserError, match="test-time augmentation 'zoom' is unknown"):
-        views(photo, "zoom")
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imageclf.cli import build_parser
 from imageclf.errors import UserError
 from imageclf.models import create_model
 from imageclf.regression import fit_line
@@ -22,7 +23,7 @@ def run(*args: str, cwd: Path | None = None) -> str:
 def test_summary_lists_layers_and_counts_trainable_parameters_per_mode() -> None:
     model = create_model("resnet18", 3, 64, pretrained=False)
     total, head = sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.head.parameters())
-    frozen = run("summary", "--model", "resnet18", "--mode", "transfer_learning", "--image-size", "64")
+    frozen = run("summary", "--architecture", "resnet18", "--mode", "transfer_learning", "--image-size", "64")
     assert f"Total params: {total:,}" in frozen and f"Trainable params: {head:,}" in frozen
     assert "BasicBlock" in frozen and "Input: 3 × 64 × 64" in frozen
     tuned = model_summary("resnet18", "fine_tuning", 3, 64)
@@ -31,6 +32,15 @@ def test_summary_lists_layers_and_counts_trainable_parameters_per_mode() -> None
     assert "[1, 16, 222, 222]" in original and "Input: 3 × 224 × 224" in original
     with pytest.raises(UserError, match="model 'resnet9' is unknown; choices: original, resnet18"):
         model_summary("resnet9", "fromzero", 3)
+
+
+def test_summary_takes_an_architecture_name_and_predict_a_model_file() -> None:
+    parser = build_parser()
+    assert parser.parse_args(["summary", "--architecture", "resnet50"]).architecture == "resnet50"
+    assert parser.parse_args(["summary", "--model", "resnet50"]).architecture == "resnet50", "the study notes' alias"
+    assert parser.parse_args(["predict", "x.jpg", "--model", "m.pt"]).model == Path("m.pt")
+    help_text = run("predict", "--help")
+    assert "--model FILE" in help_text and "--architecture NAME, --model NAME" in run("summary", "--help")
 
 
 def test_regression_learns_y_equals_2x_plus_1_and_saves_the_loss_curve(tmp_path: Path) -> None:

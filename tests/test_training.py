@@ -13,12 +13,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from imageclf.data import ImageDataset, make_split
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError
+from imageclf.manifest import ImageDataset
 from imageclf.models import create_model, preprocessing_for
 from imageclf.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from imageclf.params import TrainParams, load_params
+from imageclf.splitting import make_split
 from imageclf.training import (
     Checkpointing,
     build_sampler,

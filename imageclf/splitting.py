@@ -1,6 +1,6 @@
-"""Image folders, manifests, the stratified split and the torch dataset that reads a manifest."""
+"""The split stage's work: check and decode every raw file once, merge duplicates, group near duplicates, and cut
+each class into train, val and test."""
 
-import csv
 import hashlib
 import io
 import os
@@ -8,12 +8,11 @@ import shutil
 import warnings
 import zlib
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import imagehash
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
@@ -21,69 +20,11 @@ from tqdm import tqdm
 
 from imageclf.errors import UserError, warn
 from imageclf.files import atomic_dir, write_atomic, write_csv
-from imageclf.images import (
-    IMAGE_FORMATS,
-    Preprocessing,
-    decode_rgb,
-    is_hidden,
-    is_image_name,
-    jpeg_bytes,
-    open_rgb,
-    shrink_shorter_side,
-)
+from imageclf.folders import find_files
+from imageclf.images import IMAGE_FORMATS, decode_rgb, is_image_name, jpeg_bytes, shrink_shorter_side
+from imageclf.manifest import Record, write_manifest
 
-MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class Record:
-    """One image of a manifest: `path` is relative to the manifest's folder."""
-
-    path: str
-    label: str
-    sha256: str
-    source: str
-
-
-def find_files(raw_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
-    """The files of each class folder `<raw_dir>/<class>/`, recursively, sorted, without hidden and system files.
-
-    Raises UserError naming the folder when `raw_dir` or a class folder is missing or a class folder holds no
-    file with an image suffix; warns once about folders that are not classes.
-    """
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        raise UserError(
-            f"data.raw_dir '{raw_dir}' is not a folder: point data.raw_dir in params.yaml at a "
-            "folder with one subfolder per class"
-        )
-    found = {}
-    for label in classes:
-        folder = raw_dir / label
-        if not folder.is_dir():
-            raise UserError(f"class folder '{folder}' is missing: create it or remove '{label}' from data.classes")
-        files = sorted(
-            path
-            for path in folder.rglob("*")
-            if path.is_file() and not any(is_hidden(Path(part)) for part in path.relative_to(folder).parts)
-        )
-        if not any(is_image_name(path) for path in files):
-            raise UserError(f"class folder '{folder}' holds no images (.jpg, .png, .webp, .bmp, ...)")
-        found[label] = files
-    ignored = sorted(
-        path.name for path in raw_dir.iterdir() if path.is_dir() and path.name not in classes and not is_hidden(path)
-    )
-    if ignored:
-        warn(f"{raw_dir}: ignoring folders that are not in data.classes: {', '.join(ignored)}")
-    return found
-
-
-def find_images(raw_dir: Path, classes: list[str]) -> dict[str, list[Path]]:
-    """The image files (by suffix) of each class folder; see `find_files` for the checks."""
-    return {
-        label: [path for path in files if is_image_name(path)] for label, files in find_files(raw_dir, classes).items()
-    }
 
 
 def split_records(
@@ -127,62 +68,17 @@ def split_records(
     return splits
 
 
-def write_manifest(folder: Path, records: list[Record]) -> None:
-    write_csv(Path(folder) / MANIFEST_NAME, [asdict(record) for record in records], list(Record.__dataclass_fields__))
-
-
-def read_manifest(folder: Path) -> list[Record]:
-    path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        raise UserError(f"manifest '{path}' is missing: run the earlier pipeline stages first (dvc repro)")
-    with path.open(newline="") as file:
-        return [Record(**row) for row in csv.DictReader(file)]
-
-
 def count_by_label(records: list[Record], classes: list[str]) -> dict[str, int]:
     return {label: sum(record.label == label for record in records) for label in classes}
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Labelled image files as (tensor, class index) pairs; `sources` names each item's original file."""
-
-    def __init__(self, paths: list[Path], labels: list[int], sources: list[str], preprocess: Preprocessing):
-        self.paths, self.labels, self.sources, self.preprocess = paths, labels, sources, preprocess
-
-    @classmethod
-    def from_manifest(cls, folder: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
-        """The images of a split or augmented folder written by this pipeline."""
-        records = read_manifest(folder)
-        unknown = sorted({record.label for record in records} - set(classes))
-        if unknown:
-            raise UserError(
-                f"{Path(folder) / MANIFEST_NAME} has labels {unknown} that are not among the classes {classes}"
-            )
-        return cls(
-            [Path(folder) / record.path for record in records],
-            [classes.index(record.label) for record in records],
-            [record.source for record in records],
-            preprocess,
-        )
-
-    @classmethod
-    def from_folder(cls, raw_dir: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
-        """The images of a `<raw_dir>/<class>/<image>` folder."""
-        found = find_images(raw_dir, classes)
-        paths = [path for label in classes for path in found[label]]
-        labels = [index for index, label in enumerate(classes) for _ in found[label]]
-        return cls(paths, labels, [str(path) for path in paths], preprocess)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
-        return self.preprocess(image), self.labels[index]
-
-
 def stored_side(image_size: int) -> int:
-    """The shorter side split stores images at: a little above the model input, so augmentation can crop."""
+    """The shorter side split stores images at: 1.15 × the model input.
+
+    Nothing crops: every stage resizes the whole stored photo to the input square. The margin makes that resize a
+    downscale even after augmentation zooms in (an Affine scale up to 1.15; the shipped transforms go to 1.1) or
+    rotates, so an augmented copy is resampled from real pixels, never upsampled.
+    """
     return round(image_size * 1.15)
 
 

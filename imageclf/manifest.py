@@ -1,0 +1,74 @@
+"""What every stage after split reads: the manifest of a stage's output folder and the torch dataset over it."""
+
+import csv
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from imageclf.errors import UserError
+from imageclf.files import write_csv
+from imageclf.folders import find_images
+from imageclf.images import Preprocessing, open_rgb
+
+MANIFEST_NAME = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class Record:
+    """One image of a manifest: `path` is relative to the manifest's folder."""
+
+    path: str
+    label: str
+    sha256: str
+    source: str
+
+
+def write_manifest(folder: Path, records: list[Record]) -> None:
+    write_csv(Path(folder) / MANIFEST_NAME, [asdict(record) for record in records], list(Record.__dataclass_fields__))
+
+
+def read_manifest(folder: Path) -> list[Record]:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"manifest '{path}' is missing: run the earlier pipeline stages first (dvc repro)")
+    with path.open(newline="") as file:
+        return [Record(**row) for row in csv.DictReader(file)]
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Labelled image files as (tensor, class index) pairs; `sources` names each item's original file."""
+
+    def __init__(self, paths: list[Path], labels: list[int], sources: list[str], preprocess: Preprocessing):
+        self.paths, self.labels, self.sources, self.preprocess = paths, labels, sources, preprocess
+
+    @classmethod
+    def from_manifest(cls, folder: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
+        """The images of a split or augmented folder written by this pipeline."""
+        records = read_manifest(folder)
+        unknown = sorted({record.label for record in records} - set(classes))
+        if unknown:
+            raise UserError(
+                f"{Path(folder) / MANIFEST_NAME} has labels {unknown} that are not among the classes {classes}"
+            )
+        return cls(
+            [Path(folder) / record.path for record in records],
+            [classes.index(record.label) for record in records],
+            [record.source for record in records],
+            preprocess,
+        )
+
+    @classmethod
+    def from_folder(cls, raw_dir: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
+        """The images of a `<raw_dir>/<class>/<image>` folder."""
+        found = find_images(raw_dir, classes)
+        paths = [path for label in classes for path in found[label]]
+        labels = [index for index, label in enumerate(classes) for _ in found[label]]
+        return cls(paths, labels, [str(path) for path in paths], preprocess)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
+        return self.preprocess(image), self.labels[index]

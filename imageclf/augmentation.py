@@ -2,7 +2,9 @@
 
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import albumentations
@@ -40,11 +42,38 @@ def image_seed(seed: int, sha256: str, copy: int) -> int:
     return int(np.random.SeedSequence([seed, int(sha256[:16], 16), copy]).generate_state(1)[0])
 
 
+def seed_transform(transform: albumentations.Compose, seed: int) -> None:
+    """Give the pipeline and each of its transforms a random stream of its own, all derived from `seed`.
+
+    `Compose.set_random_seed` hands one seed to every transform, so all would draw the same numbers: transforms with
+    the same `p` would fire together, and a rarer one only when the commoner ones do.
+    """
+    streams = np.random.SeedSequence(seed).spawn(len(transform.transforms) + 1)
+    transform.set_random_seed(int(streams[0].generate_state(1, np.uint64)[0]))  # also reseeds the transforms
+    for step, stream in zip(transform.transforms, streams[1:], strict=True):
+        step.set_random_seed(int(stream.generate_state(1, np.uint64)[0]))
+
+
 def augmented_copy(transform: albumentations.Compose, image: Image.Image, seed: int, size: int) -> Image.Image:
     """Apply `transform` with `seed`, then resize to the model's `size`×`size` input."""
-    transform.set_random_seed(seed)
+    seed_transform(transform, seed)
     pixels = transform(image=np.asarray(image))["image"]
     return to_square(Image.fromarray(pixels), size)
+
+
+@contextmanager
+def opencv_single_threaded() -> Iterator[None]:
+    """OpenCV on one thread while the worker processes fork, so each worker keeps to one core.
+
+    Set in the caller, not in the workers: in a fork of a process whose OpenCV thread pool has run (it augmented an
+    image itself), cv2.setNumThreads waits forever for pool threads that the fork did not copy.
+    """
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 _worker_transform: albumentations.Compose | None = None
@@ -52,7 +81,6 @@ _worker_transform: albumentations.Compose | None = None
 
 def _init_worker(transforms: list[dict]) -> None:
     global _worker_transform
-    cv2.setNumThreads(1)
     _worker_transform = build_transform(transforms)
 
 
@@ -80,6 +108,7 @@ def make_augmented(
     records = read_manifest(train_dir)
     with (
         atomic_dir(out_dir) as folder,
+        opencv_single_threaded(),
         ProcessPoolExecutor(max_workers=os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) as pool,
     ):
         jobs = [(Path(train_dir), folder, record, copies, seed, image_size) for record in records]

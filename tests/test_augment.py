@@ -1,14 +1,18 @@
 """Augmentation: every training image plus its seeded variants, at the model's input size."""
 
 import hashlib
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from imageclf.augmentation import build_transform, make_augmented
+from imageclf.augmentation import augmented_copy, build_transform, image_seed, make_augmented
 from imageclf.data import make_split, read_manifest
 from imageclf.errors import UserError
+from imageclf.images import open_rgb, to_square
+from imageclf.params import load_params
 from tests.helpers import CLASSES, PROJECT
 
 TRANSFORMS = [
@@ -16,6 +20,44 @@ TRANSFORMS = [
     {"Affine": {"rotate": [-20, 20], "p": 1.0}},
     {"ColorJitter": {"brightness": 0.4, "p": 1.0}},
 ]
+
+
+SHIPPED_TRANSFORMS = load_params(PROJECT / "params.yaml").augment.transforms
+PHOTO_SIDE = 64
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real photo of the embedded sample, small so that hundreds of augmentations take a second."""
+    return to_square(open_rgb(sorted((PROJECT / "data/sample/cat").glob("*.jpg"))[0]), PHOTO_SIDE)
+
+
+def assert_binomial_share(observed: float, probability: float, trials: int, what: str) -> None:
+    """`observed` is within 4 standard deviations of the share `probability` expected in `trials` draws."""
+    tolerance = 4 * math.sqrt(probability * (1 - probability) / trials)
+    assert abs(observed - probability) <= tolerance, f"{what}: {observed:.3f}, expected {probability:.3f}"
+
+
+def test_each_transform_fires_independently_at_its_p(photo: Image.Image) -> None:
+    copies = 400
+    transform = build_transform(SHIPPED_TRANSFORMS)
+    names = [type(step).__name__ for step in transform.transforms]
+    probabilities = np.array([step.p for step in transform.transforms])
+    fired, unchanged = [], 0
+    for copy in range(1, copies + 1):
+        variant = augmented_copy(transform, photo, image_seed(42, "ab" * 32, copy), PHOTO_SIDE)
+        fired.append([bool(step.params) for step in transform.transforms])  # params are empty when skipped
+        unchanged += np.array_equal(np.asarray(variant), np.asarray(photo))
+    fired = np.array(fired)
+
+    for index, name in enumerate(names):
+        assert_binomial_share(fired[:, index].mean(), probabilities[index], copies, f"{name} fired")
+    for first in range(len(names)):
+        for second in range(first + 1, len(names)):
+            both = (fired[:, first] & fired[:, second]).mean()
+            expected = probabilities[first] * probabilities[second]
+            assert_binomial_share(both, expected, copies, f"{names[first]} and {names[second]} fired together")
+    assert_binomial_share(unchanged / copies, np.prod(1 - probabilities), copies, "copies equal to the original")
 
 
 def digest(folder: Path) -> dict[str, str]:

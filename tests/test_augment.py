@@ -60,6 +60,13 @@ def test_each_transform_fires_independently_at_its_p(photo: Image.Image) -> None
     assert_binomial_share(unchanged / copies, np.prod(1 - probabilities), copies, "copies equal to the original")
 
 
+def test_the_same_copy_of_different_images_is_augmented_differently(photo: Image.Image) -> None:
+    transform = build_transform(SHIPPED_TRANSFORMS)
+    hashes = [hashlib.sha256(str(index).encode()).hexdigest() for index in range(20)]
+    variants = {augmented_copy(transform, photo, image_seed(42, sha256, 1), PHOTO_SIDE).tobytes() for sha256 in hashes}
+    assert len(variants) >= 18, "copy 1 of different images drew the same transforms"
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.jpg")}
 

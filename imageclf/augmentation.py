@@ -1,4 +1,8 @@
-"""Training-set augmentation with albumentations, seeded per image so a rerun writes identical files."""
+"""Training-set augmentation with albumentations, seeded per image so a rerun writes identical files.
+
+Images keep the size split stored them at: the model's input square is made at load time by `Preprocessing`, the
+one resize that training, validation, test and prediction images all go through.
+"""
 
 import os
 import warnings
@@ -16,7 +20,7 @@ from tqdm import tqdm
 from imageclf.data import Record, read_manifest, write_manifest
 from imageclf.errors import UserError
 from imageclf.files import atomic_dir, write_atomic
-from imageclf.images import jpeg_bytes, open_rgb, to_square
+from imageclf.images import jpeg_bytes, open_rgb
 
 
 def build_transform(transforms: list[dict]) -> albumentations.Compose:
@@ -54,11 +58,10 @@ def seed_transform(transform: albumentations.Compose, seed: int) -> None:
         step.set_random_seed(int(stream.generate_state(1, np.uint64)[0]))
 
 
-def augmented_copy(transform: albumentations.Compose, image: Image.Image, seed: int, size: int) -> Image.Image:
-    """Apply `transform` with `seed`, then resize to the model's `size`×`size` input."""
+def augmented_copy(transform: albumentations.Compose, image: Image.Image, seed: int) -> Image.Image:
+    """`image` through `transform`, seeded with `seed`."""
     seed_transform(transform, seed)
-    pixels = transform(image=np.asarray(image))["image"]
-    return to_square(Image.fromarray(pixels), size)
+    return Image.fromarray(transform(image=np.asarray(image))["image"])
 
 
 @contextmanager
@@ -84,26 +87,24 @@ def _init_worker(transforms: list[dict]) -> None:
     _worker_transform = build_transform(transforms)
 
 
-def _augment_one(job: tuple[Path, Path, Record, int, int, int]) -> list[Record]:
-    """Write the original (resized) and `copies` augmented variants of one training image."""
-    source_dir, out_dir, record, copies, seed, size = job
-    image = open_rgb(source_dir / record.path)
+def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
+    """Copy one training image as split stored it and write `copies` augmented variants of it."""
+    source_dir, out_dir, record, copies, seed = job
+    content = (source_dir / record.path).read_bytes()
+    image = open_rgb(content)
     written = []
     for copy in range(copies + 1):
-        if copy == 0:
-            variant = to_square(image, size)
-        else:
-            variant = augmented_copy(_worker_transform, image, image_seed(seed, record.sha256, copy), size)
+        if copy > 0:
+            variant = augmented_copy(_worker_transform, image, image_seed(seed, record.sha256, copy))
+            content = jpeg_bytes(variant)
         path = f"{record.label}/{record.sha256[:16]}_{copy}.jpg"
-        write_atomic(out_dir / path, jpeg_bytes(variant))
+        write_atomic(out_dir / path, content)
         written.append(Record(path, record.label, record.sha256, record.source))
     return written
 
 
-def make_augmented(
-    train_dir: Path, out_dir: Path, image_size: int, copies: int, seed: int, transforms: list[dict]
-) -> None:
-    """Materialise the training set: each image plus `copies` augmented variants, all at the model's input size."""
+def make_augmented(train_dir: Path, out_dir: Path, copies: int, seed: int, transforms: list[dict]) -> None:
+    """Materialise the training set: each image as split stored it plus `copies` augmented variants."""
     build_transform(transforms)  # fail on bad params before any work
     records = read_manifest(train_dir)
     with (
@@ -111,7 +112,7 @@ def make_augmented(
         opencv_single_threaded(),
         ProcessPoolExecutor(max_workers=os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) as pool,
     ):
-        jobs = [(Path(train_dir), folder, record, copies, seed, image_size) for record in records]
+        jobs = [(Path(train_dir), folder, record, copies, seed) for record in records]
         results = tqdm(pool.map(_augment_one, jobs, chunksize=8), total=len(jobs), desc="augment", unit="img")
         written = [record for batch in results for record in batch]
         write_manifest(folder, written)

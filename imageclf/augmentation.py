@@ -41,9 +41,9 @@ def build_transform(transforms: list[dict]) -> albumentations.Compose:
     return albumentations.Compose(steps)
 
 
-def image_seed(seed: int, sha256: str, copy: int) -> int:
+def image_seed(seed: int, source_sha256: str, copy: int) -> int:
     """A seed for one augmented copy of one image, independent of processing order."""
-    return int(np.random.SeedSequence([seed, int(sha256[:16], 16), copy]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, int(source_sha256[:16], 16), copy]).generate_state(1)[0])
 
 
 def seed_transform(transform: albumentations.Compose, seed: int) -> None:
@@ -95,11 +95,11 @@ def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
     written = []
     for copy in range(copies + 1):
         if copy > 0:
-            variant = augmented_copy(_worker_transform, image, image_seed(seed, record.sha256, copy))
+            variant = augmented_copy(_worker_transform, image, image_seed(seed, record.source_sha256, copy))
             content = jpeg_bytes(variant)
-        path = f"{record.label}/{record.sha256[:16]}_{copy}.jpg"
+        path = f"{record.label}/{record.source_sha256[:16]}_{copy}.jpg"
         write_atomic(out_dir / path, content)
-        written.append(Record(path, record.label, record.sha256, record.source))
+        written.append(Record(path, record.label, record.source_sha256, record.source))
     return written
 
 

@@ -101,21 +101,23 @@ def test_augmented_copies_are_seeded(sample_split: Path, tmp_path: Path) -> None
 
 def test_originals_are_copied_and_reach_the_model_as_val_images_do(sample_split: Path, tmp_path: Path) -> None:
     make_augmented(sample_split / "train", tmp_path / "augmented", 1, 5, TRANSFORMS)
-    stored = {record.sha256: sample_split / "train" / record.path for record in read_manifest(sample_split / "train")}
+    stored = {
+        record.source_sha256: sample_split / "train" / record.path for record in read_manifest(sample_split / "train")
+    }
     written = read_manifest(tmp_path / "augmented")
     for record in written:
         if record.path.endswith("_0.jpg"):
-            assert (tmp_path / "augmented" / record.path).read_bytes() == stored[record.sha256].read_bytes()
+            assert (tmp_path / "augmented" / record.path).read_bytes() == stored[record.source_sha256].read_bytes()
         else:
             with (
                 Image.open(tmp_path / "augmented" / record.path) as variant,
-                Image.open(stored[record.sha256]) as image,
+                Image.open(stored[record.source_sha256]) as image,
             ):
                 assert variant.size == image.size, "an augmented copy was resized"
 
     original = next(index for index, record in enumerate(written) if record.path.endswith("_0.jpg"))
     as_val = written[original]
-    write_atomic(tmp_path / "val" / as_val.path, stored[as_val.sha256].read_bytes())
+    write_atomic(tmp_path / "val" / as_val.path, stored[as_val.source_sha256].read_bytes())
     write_manifest(tmp_path / "val", [as_val])
     preprocessing = preprocessing_for("efficientnet_lite0", 48)
     train_input, _ = ImageDataset.from_manifest(tmp_path / "augmented", CLASSES, preprocessing)[original]

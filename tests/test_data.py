@@ -25,8 +25,8 @@ def test_split_is_stratified_disjoint_and_complete() -> None:
     assert [by_label["test"].count(label) for label in CLASSES] == [8, 4, 2]
     assert [by_label["val"].count(label) for label in CLASSES] == [4, 2, 1]
     assert [by_label["train"].count(label) for label in CLASSES] == [28, 14, 7]
-    hashes = [r.sha256 for members in splits.values() for r in members]
-    assert sorted(hashes) == sorted(r.sha256 for r in items)
+    hashes = [r.source_sha256 for members in splits.values() for r in members]
+    assert sorted(hashes) == sorted(r.source_sha256 for r in items)
 
 
 def test_split_depends_on_seed_not_on_file_order() -> None:

@@ -90,11 +90,13 @@ def _init_worker(transforms: list[dict]) -> None:
 def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
     """Copy one training image as split stored it and write `copies` augmented variants of it."""
     source_dir, out_dir, record, copies, seed = job
-    content = (source_dir / record.path).read_bytes()
-    image = open_rgb(content)
+    original = (source_dir / record.path).read_bytes()
+    image = open_rgb(original)
     written = []
     for copy in range(copies + 1):
-        if copy > 0:
+        if copy == 0:
+            content = original
+        else:
             variant = augmented_copy(_worker_transform, image, image_seed(seed, record.source_sha256, copy))
             content = jpeg_bytes(variant)
         path = f"{record.label}/{record.source_sha256[:16]}_{copy}.jpg"

@@ -1,8 +1,14 @@
-"""Training-set augmentation with albumentations, seeded per image so a rerun writes identical files."""
+"""Training-set augmentation with albumentations, seeded per image so a rerun writes identical files.
+
+Images keep the size split stored them at: the model's input square is made at load time by `Preprocessing`, the
+one resize that training, validation, test and prediction images all go through.
+"""
 
 import os
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import albumentations
@@ -13,7 +19,7 @@ from tqdm import tqdm
 
 from imageclf.errors import UserError
 from imageclf.files import atomic_dir, write_atomic
-from imageclf.images import jpeg_bytes, open_rgb, to_square
+from imageclf.images import jpeg_bytes, open_rgb
 from imageclf.manifest import Record, read_manifest, write_manifest
 
 
@@ -35,16 +41,42 @@ def build_transform(transforms: list[dict]) -> albumentations.Compose:
     return albumentations.Compose(steps)
 
 
-def image_seed(seed: int, sha256: str, copy: int) -> int:
+def image_seed(seed: int, source_sha256: str, copy: int) -> int:
     """A seed for one augmented copy of one image, independent of processing order."""
-    return int(np.random.SeedSequence([seed, int(sha256[:16], 16), copy]).generate_state(1)[0])
+    return int(np.random.SeedSequence([seed, int(source_sha256[:16], 16), copy]).generate_state(1)[0])
 
 
-def augmented_copy(transform: albumentations.Compose, image: Image.Image, seed: int, size: int) -> Image.Image:
-    """Apply `transform` with `seed`, then resize to the model's `size`×`size` input."""
-    transform.set_random_seed(seed)
-    pixels = transform(image=np.asarray(image))["image"]
-    return to_square(Image.fromarray(pixels), size)
+def seed_transform(transform: albumentations.Compose, seed: int) -> None:
+    """Give the pipeline and each of its transforms a random stream of its own, all derived from `seed`.
+
+    `Compose.set_random_seed` hands one seed to every transform, so all would draw the same numbers: transforms with
+    the same `p` would fire together, and a rarer one only when the commoner ones do.
+    """
+    streams = np.random.SeedSequence(seed).spawn(len(transform.transforms) + 1)
+    transform.set_random_seed(int(streams[0].generate_state(1, np.uint64)[0]))  # also reseeds the transforms
+    for step, stream in zip(transform.transforms, streams[1:], strict=True):
+        step.set_random_seed(int(stream.generate_state(1, np.uint64)[0]))
+
+
+def augmented_copy(transform: albumentations.Compose, image: Image.Image, seed: int) -> Image.Image:
+    """`image` through `transform`, seeded with `seed`."""
+    seed_transform(transform, seed)
+    return Image.fromarray(transform(image=np.asarray(image))["image"])
+
+
+@contextmanager
+def opencv_single_threaded() -> Iterator[None]:
+    """OpenCV on one thread while the worker processes fork, so each worker keeps to one core.
+
+    Set in the caller, not in the workers: in a fork of a process whose OpenCV thread pool has run (it augmented an
+    image itself), cv2.setNumThreads waits forever for pool threads that the fork did not copy.
+    """
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(threads)
 
 
 _worker_transform: albumentations.Compose | None = None
@@ -52,37 +84,37 @@ _worker_transform: albumentations.Compose | None = None
 
 def _init_worker(transforms: list[dict]) -> None:
     global _worker_transform
-    cv2.setNumThreads(1)
     _worker_transform = build_transform(transforms)
 
 
-def _augment_one(job: tuple[Path, Path, Record, int, int, int]) -> list[Record]:
-    """Write the original (resized) and `copies` augmented variants of one training image."""
-    source_dir, out_dir, record, copies, seed, size = job
-    image = open_rgb(source_dir / record.path)
+def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
+    """Copy one training image as split stored it and write `copies` augmented variants of it."""
+    source_dir, out_dir, record, copies, seed = job
+    original = (source_dir / record.path).read_bytes()
+    image = open_rgb(original)
     written = []
     for copy in range(copies + 1):
         if copy == 0:
-            variant = to_square(image, size)
+            content = original
         else:
-            variant = augmented_copy(_worker_transform, image, image_seed(seed, record.sha256, copy), size)
-        path = f"{record.label}/{record.sha256[:16]}_{copy}.jpg"
-        write_atomic(out_dir / path, jpeg_bytes(variant))
-        written.append(Record(path, record.label, record.sha256, record.source))
+            variant = augmented_copy(_worker_transform, image, image_seed(seed, record.source_sha256, copy))
+            content = jpeg_bytes(variant)
+        path = f"{record.label}/{record.source_sha256[:16]}_{copy}.jpg"
+        write_atomic(out_dir / path, content)
+        written.append(Record(path, record.label, record.source_sha256, record.source))
     return written
 
 
-def make_augmented(
-    train_dir: Path, out_dir: Path, image_size: int, copies: int, seed: int, transforms: list[dict]
-) -> None:
-    """Materialise the training set: each image plus `copies` augmented variants, all at the model's input size."""
+def make_augmented(train_dir: Path, out_dir: Path, copies: int, seed: int, transforms: list[dict]) -> None:
+    """Materialise the training set: each image as split stored it plus `copies` augmented variants."""
     build_transform(transforms)  # fail on bad params before any work
     records = read_manifest(train_dir)
     with (
         atomic_dir(out_dir) as folder,
+        opencv_single_threaded(),
         ProcessPoolExecutor(max_workers=os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) as pool,
     ):
-        jobs = [(Path(train_dir), folder, record, copies, seed, image_size) for record in records]
+        jobs = [(Path(train_dir), folder, record, copies, seed) for record in records]
         results = tqdm(pool.map(_augment_one, jobs, chunksize=8), total=len(jobs), desc="augment", unit="img")
         written = [record for batch in results for record in batch]
         write_manifest(folder, written)

@@ -44,13 +44,16 @@ def decode_rgb(image: Image.Image, min_side: int | None = None) -> Image.Image:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """8-bit RGB from any mode: 16-bit and 32-bit images are scaled down, transparency becomes white."""
+    """8-bit RGB from any mode: 16-bit and float images are scaled down, transparency becomes white.
+
+    Mode I is scaled as 16 bits, as Pillow's decoders fill it (16-bit PNGs before Pillow 10.3, 16-bit PGMs): the
+    scale comes from the mode, never from the pixels, so a dark 16-bit photo stays dark.
+    """
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         pixels = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max() > 255 else 255.0
-        image = Image.fromarray(np.clip(pixels / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(pixels / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8))
     elif image.mode == "F":
-        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+        image = Image.fromarray(np.clip(np.asarray(image) * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

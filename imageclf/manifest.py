@@ -20,7 +20,7 @@ class Record:
 
     path: str
     label: str
-    sha256: str
+    source_sha256: str  # of the source photo, not of the file at `path`
     source: str
 
 
@@ -33,7 +33,13 @@ def read_manifest(folder: Path) -> list[Record]:
     if not path.is_file():
         raise UserError(f"manifest '{path}' is missing: run the earlier pipeline stages first (dvc repro)")
     with path.open(newline="") as file:
-        return [Record(**row) for row in csv.DictReader(file)]
+        reader = csv.DictReader(file)
+        if reader.fieldnames != list(Record.__dataclass_fields__):
+            raise UserError(
+                f"manifest '{path}' has the columns {reader.fieldnames}, not {list(Record.__dataclass_fields__)}: "
+                "it was written by another version; rerun the stages (dvc repro --force)"
+            )
+        return [Record(**row) for row in reader]
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -32,9 +32,9 @@ def split_records(
 ) -> dict[str, list[Record]]:
     """Stratified split: each class is shuffled on its own and cut into test, val and train.
 
-    `groups` maps a record's sha256 to a group key (near duplicates share one); a group is shuffled and assigned as
-    a unit, so all its images land in one split. The result depends only on the records' content hashes, the
-    groups, the fractions and the seed, not on file order, and each class lands in every split.
+    `groups` maps a record's source_sha256 to a group key (near duplicates share one); a group is shuffled and
+    assigned as a unit, so all its images land in one split. The result depends only on the records' content
+    hashes, the groups, the fractions and the seed, not on file order, and each class lands in every split.
     """
     groups = groups or {}
     splits: dict[str, list[Record]] = {name: [] for name in SPLITS}
@@ -50,8 +50,8 @@ def split_records(
                 "the fractions"
             )
         units: dict[str, list[Record]] = {}
-        for record in sorted(members, key=lambda record: record.sha256):
-            units.setdefault(groups.get(record.sha256, record.sha256), []).append(record)
+        for record in sorted(members, key=lambda record: record.source_sha256):
+            units.setdefault(groups.get(record.source_sha256, record.source_sha256), []).append(record)
         keys = sorted(units)
         order = np.random.default_rng([seed, zlib.crc32(label.encode())]).permutation(len(keys))
         cut = {name: [] for name in SPLITS}
@@ -235,7 +235,7 @@ def make_split(
     for name, split in splits.items():
         with atomic_dir(Path(out_dir) / name) as folder:
             for record in split:
-                write_atomic(folder / record.path, contents[record.sha256])
+                write_atomic(folder / record.path, contents[record.source_sha256])
             write_manifest(folder, split)
     write_csv(Path(rejected_path), sorted(rejected, key=lambda row: row["path"]), REJECTED_FIELDS)
     return {

@@ -1,4 +1,4 @@
-"""Stage augment: write each training image plus `augment.copies` augmented variants at the model input size.
+"""Stage augment: copy each training image and write `augment.copies` augmented variants of it beside it.
 
 Usage: python -m stages.augment TRAIN_DIR OUT_DIR
 """
@@ -17,7 +17,6 @@ def main(train_dir: str, out_dir: str) -> None:
     make_augmented(
         Path(train_dir),
         Path(out_dir),
-        params.data.image_size,
         params.augment.copies,
         params.augment.seed,
         params.augment.transforms,

@@ -4,13 +4,43 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from imageclf.manifest import MANIFEST_NAME, read_manifest
-from tests.helpers import copy_project, make_image_folder, set_params, tiny_params
+from tests.helpers import PROJECT, copy_project, make_image_folder, set_params, tiny_params
+
+# Writes `4 × LIMIT` bytes with write_atomic under a file size limit of LIMIT bytes: the kernel kills the process
+# with SIGXFSZ (which Python ignores unless told otherwise) when a write reaches the limit, as abruptly as SIGKILL
+# (no handler, no cleanup) and at the same byte on every run, so the write is cut short whatever the machine's speed.
+KILLED_WRITER = """
+import resource, signal, sys
+from pathlib import Path
+from imageclf.files import write_atomic
+limit = int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+write_atomic(Path(sys.argv[1]), b"new!" * limit)
+"""
+
+
+def test_a_write_killed_halfway_leaves_the_old_file(tmp_path: Path) -> None:
+    target, limit = tmp_path / "model.pt", 1 << 20
+    old = b"old." * limit
+    target.write_bytes(old)
+    writer = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER, str(target), str(limit)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        capture_output=True,
+    )
+    assert writer.returncode == -signal.SIGXFSZ, writer.stderr.decode()
+    assert target.read_bytes() == old, "the killed write left a part of the new content in the target"
+
 
 pytestmark = pytest.mark.slow  # kills real dvc repro runs part way
 

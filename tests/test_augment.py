@@ -1,14 +1,21 @@
-"""Augmentation: every training image plus its seeded variants, at the model's input size."""
+"""Augmentation: every training image as split stored it, plus its seeded variants."""
 
 import hashlib
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from imageclf.augmentation import build_transform, make_augmented
+from imageclf.augmentation import augmented_copy, build_transform, image_seed, make_augmented
 from imageclf.errors import UserError
-from imageclf.manifest import read_manifest
+from imageclf.files import write_atomic
+from imageclf.images import open_rgb, to_square
+from imageclf.manifest import ImageDataset, read_manifest, write_manifest
+from imageclf.models import preprocessing_for
+from imageclf.params import load_params
 from imageclf.splitting import make_split
 from tests.helpers import CLASSES, PROJECT
 
@@ -19,28 +26,104 @@ TRANSFORMS = [
 ]
 
 
+SHIPPED_TRANSFORMS = load_params(PROJECT / "params.yaml").augment.transforms
+PHOTO_SIDE = 64
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real photo of the embedded sample, small so that hundreds of augmentations take a second."""
+    return to_square(open_rgb(sorted((PROJECT / "data/sample/cat").glob("*.jpg"))[0]), PHOTO_SIDE)
+
+
+@pytest.fixture(scope="module")
+def sample_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded sample split for a 48-pixel model input."""
+    split = tmp_path_factory.mktemp("split")
+    make_split(PROJECT / "data/sample", CLASSES, 48, 0.1, 0.1, 0, split)
+    return split
+
+
+def assert_binomial_share(observed: float, probability: float, trials: int, what: str) -> None:
+    """`observed` is within 4 standard deviations of the share `probability` expected in `trials` draws."""
+    tolerance = 4 * math.sqrt(probability * (1 - probability) / trials)
+    assert abs(observed - probability) <= tolerance, f"{what}: {observed:.3f}, expected {probability:.3f}"
+
+
+def test_each_transform_fires_independently_at_its_p(photo: Image.Image) -> None:
+    copies = 400
+    transform = build_transform(SHIPPED_TRANSFORMS)
+    names = [type(step).__name__ for step in transform.transforms]
+    probabilities = np.array([step.p for step in transform.transforms])
+    fired, unchanged = [], 0
+    for copy in range(1, copies + 1):
+        variant = augmented_copy(transform, photo, image_seed(42, "ab" * 32, copy))
+        fired.append([bool(step.params) for step in transform.transforms])  # params are empty when skipped
+        unchanged += np.array_equal(np.asarray(variant), np.asarray(photo))
+    fired = np.array(fired)
+
+    for index, name in enumerate(names):
+        assert_binomial_share(fired[:, index].mean(), probabilities[index], copies, f"{name} fired")
+    for first in range(len(names)):
+        for second in range(first + 1, len(names)):
+            both = (fired[:, first] & fired[:, second]).mean()
+            expected = probabilities[first] * probabilities[second]
+            assert_binomial_share(both, expected, copies, f"{names[first]} and {names[second]} fired together")
+    assert_binomial_share(unchanged / copies, np.prod(1 - probabilities), copies, "copies equal to the original")
+
+
+def test_the_same_copy_of_different_images_is_augmented_differently(photo: Image.Image) -> None:
+    transform = build_transform(SHIPPED_TRANSFORMS)
+    hashes = [hashlib.sha256(str(index).encode()).hexdigest() for index in range(20)]
+    variants = {augmented_copy(transform, photo, image_seed(42, sha256, 1)).tobytes() for sha256 in hashes}
+    assert len(variants) >= 18, "copy 1 of different images drew the same transforms"
+
+
 def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*.jpg")}
 
 
-def test_augmented_copies_are_seeded_and_sized(tmp_path: Path) -> None:
-    make_split(PROJECT / "data/sample", CLASSES, 48, 0.1, 0.1, 0, tmp_path / "split")
-    train = read_manifest(tmp_path / "split/train")
-    make_augmented(tmp_path / "split/train", tmp_path / "a", 48, 2, 5, TRANSFORMS)
+def test_augmented_copies_are_seeded(sample_split: Path, tmp_path: Path) -> None:
+    train = read_manifest(sample_split / "train")
+    make_augmented(sample_split / "train", tmp_path / "a", 2, 5, TRANSFORMS)
     written = read_manifest(tmp_path / "a")
     assert len(written) == 3 * len(train)
     assert {r.label for r in written} == set(CLASSES)
-    with Image.open(tmp_path / "a" / written[1].path) as image:
-        assert image.size == (48, 48)
     first = digest(tmp_path / "a")
-    make_augmented(tmp_path / "split/train", tmp_path / "b", 48, 2, 5, TRANSFORMS)
+    make_augmented(sample_split / "train", tmp_path / "b", 2, 5, TRANSFORMS)
     assert digest(tmp_path / "b") == first
-    make_augmented(tmp_path / "split/train", tmp_path / "c", 48, 2, 6, TRANSFORMS)
+    make_augmented(sample_split / "train", tmp_path / "c", 2, 6, TRANSFORMS)
     other = digest(tmp_path / "c")
     originals = [name for name in first if name.endswith("_0.jpg")]
     variants = [name for name in first if not name.endswith("_0.jpg")]
     assert all(other[name] == first[name] for name in originals)
     assert all(other[name] != first[name] for name in variants)
+
+
+def test_originals_are_copied_and_reach_the_model_as_val_images_do(sample_split: Path, tmp_path: Path) -> None:
+    make_augmented(sample_split / "train", tmp_path / "augmented", 1, 5, TRANSFORMS)
+    stored = {
+        record.source_sha256: sample_split / "train" / record.path for record in read_manifest(sample_split / "train")
+    }
+    written = read_manifest(tmp_path / "augmented")
+    for record in written:
+        if record.path.endswith("_0.jpg"):
+            assert (tmp_path / "augmented" / record.path).read_bytes() == stored[record.source_sha256].read_bytes()
+        else:
+            with (
+                Image.open(tmp_path / "augmented" / record.path) as variant,
+                Image.open(stored[record.source_sha256]) as image,
+            ):
+                assert variant.size == image.size, "an augmented copy was resized"
+
+    original = next(index for index, record in enumerate(written) if record.path.endswith("_0.jpg"))
+    as_val = written[original]
+    write_atomic(tmp_path / "val" / as_val.path, stored[as_val.source_sha256].read_bytes())
+    write_manifest(tmp_path / "val", [as_val])
+    preprocessing = preprocessing_for("efficientnet_lite0", 48)
+    train_input, _ = ImageDataset.from_manifest(tmp_path / "augmented", CLASSES, preprocessing)[original]
+    val_input, _ = ImageDataset.from_manifest(tmp_path / "val", CLASSES, preprocessing)[0]
+    assert torch.equal(train_input, val_input)
 
 
 @pytest.mark.parametrize(

@@ -27,8 +27,8 @@ def test_split_is_stratified_disjoint_and_complete() -> None:
     assert [by_label["test"].count(label) for label in CLASSES] == [8, 4, 2]
     assert [by_label["val"].count(label) for label in CLASSES] == [4, 2, 1]
     assert [by_label["train"].count(label) for label in CLASSES] == [28, 14, 7]
-    hashes = [r.sha256 for members in splits.values() for r in members]
-    assert sorted(hashes) == sorted(r.sha256 for r in items)
+    hashes = [r.source_sha256 for members in splits.values() for r in members]
+    assert sorted(hashes) == sorted(r.source_sha256 for r in items)
 
 
 def test_split_depends_on_seed_not_on_file_order() -> None:
@@ -96,3 +96,9 @@ def test_make_split_is_reproducible_downscales_and_skips_unreadable_files(
     assert (tmp_path / "a/rejected.csv").read_bytes() == (tmp_path / "b/rejected.csv").read_bytes()
     for name in ("train", "val", "test"):
         assert folder_digest(tmp_path / "a" / name) == folder_digest(tmp_path / "b" / name)
+
+
+def test_a_manifest_of_another_version_is_refused_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "manifest.csv").write_text("path,label,sha256,source\ncat/a.jpg,cat,abc,raw/cat/a.jpg\n")
+    with pytest.raises(UserError, match=r"manifest '.*manifest.csv' has the columns \['path', 'label', 'sha256'"):
+        read_manifest(tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageclf.images import open_rgb
+from imageclf.images import open_rgb, to_rgb
 
 
 def encoded(image: Image.Image, image_format: str = "PNG", **options: object) -> bytes:
@@ -25,6 +25,7 @@ def palette_image() -> Image.Image:
     ("image", "image_format", "expected"),
     [
         (Image.fromarray(np.full((4, 4), 40000, dtype=np.uint16)), "PNG", (156, 156, 156)),
+        (Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)), "PNG", (1, 1, 1)),
         (Image.new("RGBA", (4, 4), (10, 20, 30, 0)), "PNG", (255, 255, 255)),
         (Image.new("RGBA", (4, 4), (10, 20, 30, 255)), "PNG", (10, 20, 30)),
         (Image.new("LA", (4, 4), (0, 0)), "PNG", (255, 255, 255)),
@@ -34,12 +35,32 @@ def palette_image() -> Image.Image:
         (Image.new("RGB", (4, 4), (0, 128, 255)), "WEBP", (0, 128, 255)),
         (Image.new("RGB", (4, 4), (0, 128, 255)), "BMP", (0, 128, 255)),
     ],
-    ids=["16-bit", "transparent", "opaque-rgba", "transparent-gray", "cmyk", "palette", "gray", "webp", "bmp"],
+    ids=[
+        "16-bit",
+        "16-bit-dark",
+        "transparent",
+        "opaque-rgba",
+        "transparent-gray",
+        "cmyk",
+        "palette",
+        "gray",
+        "webp",
+        "bmp",
+    ],
 )
 def test_modes_become_rgb(image: Image.Image, image_format: str, expected: tuple[int, int, int]) -> None:
     decoded = open_rgb(encoded(image, image_format, **({"lossless": True} if image_format == "WEBP" else {})))
     assert decoded.mode == "RGB"
     assert np.abs(np.asarray(decoded, dtype=int)[1, 1] - expected).max() <= 2
+
+
+def test_a_dark_16_bit_png_in_mode_i_stays_dark() -> None:
+    """Pillow before 10.3 opens a 16-bit grayscale PNG in mode I, whose pixels alone do not tell 16 bits from 8."""
+    dark = encoded(Image.fromarray(np.full((4, 4), 200, dtype=np.uint16)))  # 200 of 65535: nearly black
+    with Image.open(io.BytesIO(dark)) as png:
+        as_older_pillow_opens_it = png.convert("I")
+    assert as_older_pillow_opens_it.getpixel((1, 1)) == 200
+    assert np.asarray(to_rgb(as_older_pillow_opens_it)).max() <= 1
 
 
 def test_exif_rotated_photo_is_upright() -> None:

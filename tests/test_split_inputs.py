@@ -202,8 +202,8 @@ def test_duplicates_and_near_duplicates_never_straddle_splits(tmp_path: Path) ->
     where = {}
     for name, records in splits.items():
         for record in records:
-            assert record.sha256 not in where, f"{record.source} is in {where[record.sha256]} and {name}"
-            where[record.sha256] = name
+            assert record.source_sha256 not in where, f"{record.source} is in {where[record.source_sha256]} and {name}"
+            where[record.source_sha256] = name
     assert len(where) == 3 * 12 + 4 * 3 - 2  # the two photos under two classes are gone
     for number in range(1, 5):
         copies = {

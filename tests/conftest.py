@@ -33,8 +33,11 @@ def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
+# Fixtures that run a full `dvc repro`: a test that needs one is slow wherever it lives.
+PIPELINE_FIXTURES = {"reproduced_project", "colour_model"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that needs the reproduced project waits for a full `dvc repro`: it is slow wherever it lives."""
     for item in items:
-        if "reproduced_project" in getattr(item, "fixturenames", ()):
+        if PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

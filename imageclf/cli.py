@@ -26,6 +26,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0: any free port, printed at start)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
+    return value
+
+
 def predict(args: argparse.Namespace) -> int:
     """Print each image's class, confidence and top-k (or JSON); with labels, the accuracy and the misses."""
     from imageclf.predict import predict_command
@@ -69,14 +77,6 @@ def serve(args: argparse.Namespace) -> int:
     from imageclf.serve import serve_command
 
     return serve_command(args.model, args.host, args.port)
-
-
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port, 0 to 65535 (0: any free port, printed at start)."""
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,10 +7,10 @@ disk, which is why the multipart body is parsed here instead of by Starlette (it
 """
 
 import asyncio
+import errno
 import io
 import json
 import socket
-import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,7 +178,8 @@ class Predictor:
                     results.append(prediction_json(self.saved, prediction, upload.name))
                     continue
                 refused = 422, f"cannot decode the image: {prediction.error}"
-            status = status if status != 200 else refused[0]
+            if status == 200:
+                status = refused[0]
             results.append({"path": upload.name, "error": refused[1]})
         return status, results
 
@@ -253,7 +254,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as error:
         sock.close()
-        reason = "in use" if error.errno == 98 else error.strerror
+        reason = "in use" if error.errno == errno.EADDRINUSE else error.strerror
         raise UserError(f"port {port} on {host} is {reason}: pass --port with another number") from None
     sock.listen(128)
     return sock
@@ -272,6 +273,6 @@ def serve_command(model_path: Path, host: str, port: int) -> int:
     config = uvicorn.Config(create_app(saved, model_path, metrics_dir), log_level="warning")
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-    print(f"serving {model_path} at http://{shown_host}:{bound_port} (Ctrl+C stops)", flush=True, file=sys.stdout)
+    print(f"serving {model_path} at http://{shown_host}:{bound_port} (Ctrl+C stops)", flush=True)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
     return 0

@@ -238,3 +238,19 @@ def test_an_unknown_model_or_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path
         )
     assert in_use.returncode == 1
     assert in_use.stderr == f"error: port {port} on 127.0.0.1 is in use: pass --port with another number\n"
+
+
+def test_it_listens_on_127_0_0_1_unless_told_and_warns_when_told_otherwise(server: str, model: Path) -> None:
+    assert server.startswith("http://127.0.0.1:")
+    process = subprocess.Popen(
+        ["imageclf", "serve", "--model", str(model), "--port", "0", "--host", "0.0.0.0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().startswith(f"serving {model} at http://0.0.0.0:")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "warning: listening on 0.0.0.0: anyone who can reach this machine can upload photos" in process.stderr.read()

@@ -4,6 +4,7 @@ imageclf predict photo.jpg more_photos/ [--model models/model.pt] [--top-k 3] [-
 imageclf summary [--architecture resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
+imageclf serve [--model models/model.pt] [--host 127.0.0.1] [--port 8000]
 
 Each subcommand imports what it needs when it runs: `imageclf regression` or `imageclf fetch` does not wait for
 timm and torchvision to load.
@@ -22,6 +23,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0: any free port, printed at start)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
     return value
 
 
@@ -61,6 +70,13 @@ def fetch(args: argparse.Namespace) -> int:
     from imageclf.fetch import fetch_command
 
     return fetch_command(args.source, args.kaggle, args.dest)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Serve a page to try the model on photos, and its JSON API, until Ctrl+C."""
+    from imageclf.serve import serve_command
+
+    return serve_command(args.model, args.host, args.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +139,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--dest", type=Path, default=Path("data/raw"), help="where <class>/ folders go (default: data/raw)"
     )
     fetch_parser.set_defaults(run=fetch)
+
+    serve_parser = commands.add_parser(
+        "serve",
+        help="a web page and JSON API to try the model on your own photos",
+        description="Serve a page (drop or take photos, see each one's classes) and POST /predict, GET /health.",
+    )
+    serve_parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/model.pt"),
+        metavar="FILE",
+        help="the model file the train stage wrote (default: models/model.pt)",
+    )
+    serve_parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    serve_parser.add_argument("--port", type=port_number, default=8000, help="0 picks a free one (default: 8000)")
+    serve_parser.set_defaults(run=serve)
     return parser
 
 

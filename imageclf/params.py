@@ -10,6 +10,7 @@ import yaml
 from imageclf.errors import UserError
 from imageclf.models import MODELS
 from imageclf.optim import OPTIMIZERS, SCHEDULES
+from imageclf.runtimes import BACKBONE_RUNTIMES
 from imageclf.views import TTA
 
 PARAMS_FILE = Path("params.yaml")
@@ -87,6 +88,8 @@ class TrainParams:
     checkpoint_every: int
     device: str
     amp: bool
+    backbone_runtime: str
+    backbone_precision: str
 
 
 @dataclass(frozen=True)
@@ -259,3 +262,12 @@ def _check_train(train: TrainParams, path: Path) -> None:
         _require(section.min_delta >= 0, path, f"train.{key}.min_delta", section.min_delta, "it must be 0 or more")
     _require(train.checkpoint_every >= 0, path, "train.checkpoint_every", train.checkpoint_every, "0 (off) or more")
     _one_of(train.device, DEVICES, path, "train.device")
+    _one_of(train.backbone_runtime, tuple(BACKBONE_RUNTIMES), path, "train.backbone_runtime")
+    precisions = BACKBONE_RUNTIMES[train.backbone_runtime].precisions
+    _require(
+        train.backbone_precision in precisions,
+        path,
+        "train.backbone_precision",
+        train.backbone_precision,
+        f"allowed with train.backbone_runtime {train.backbone_runtime}: {', '.join(precisions)}",
+    )

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from imageclf.device import Precision, is_distributed, loader_options, rank, select_device, world_size
 from imageclf.errors import UserError, warn
-from imageclf.features import cached_features
+from imageclf.features import cached_features, feature_extractor
 from imageclf.files import write_atomic
 from imageclf.manifest import ImageDataset
 from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
@@ -421,13 +421,20 @@ def train_classifier(
     train_inputs: Dataset = train_data
     val_inputs: Dataset = val_data
     if config.mode == "transfer_learning":
-        architecture = config.model
         model.backbone.requires_grad_(False)
         if rank() > 0:
             torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
+        extractor = feature_extractor(
+            config.model,
+            model.backbone,
+            config.backbone_runtime,
+            config.backbone_precision,
+            device,
+            train_data,
+            config.seed,
+        )
         train_inputs, val_inputs = (
-            cached_features(architecture, model.backbone, data, device, name).dataset
-            for data, name in ((train_data, "train"), (val_data, "val"))
+            cached_features(extractor, data, name).dataset for data, name in ((train_data, "train"), (val_data, "val"))
         )
         if rank() == 0 and is_distributed():
             torch.distributed.barrier()

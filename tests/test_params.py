@@ -42,6 +42,18 @@ def write_params(tmp_path: Path, section: str, key: str, value: object) -> Path:
         ("data", "classes", ["cat"], "'data.classes' is ['cat']; it needs at least two distinct class names"),
         ("data", "image_size", None, "missing key 'data.image_size'"),
         ("augment", "transforms", [{"HorizontalFlip": {"p": 0.5}, "ToGray": {}}], "augment.transforms[0]"),
+        (
+            "train",
+            "backbone_runtime",
+            "tensorrt",
+            "'train.backbone_runtime' is 'tensorrt'; allowed: torch, onnxruntime",
+        ),
+        (
+            "train",
+            "backbone_precision",
+            "int4",
+            "'train.backbone_precision' is 'int4'; allowed with train.backbone_run",
+        ),
     ],
 )
 def test_a_bad_value_is_named(tmp_path: Path, section: str, key: str, value: object, message: str) -> None:
@@ -63,7 +75,7 @@ def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> No
         "error: params.yaml: unknown key 'train.learning_rte' (allowed in train: model, mode, weights, epochs, "
         "batch_size, seed, optimizer, lr, momentum, nesterov, weight_decay, backbone_lr_scale, warmup_epochs, "
         "dropout, label_smoothing, class_weights, sampler, schedule, early_stopping, convergence, checkpoint_every, "
-        "device, amp)"
+        "device, amp, backbone_runtime, backbone_precision)"
     ]
 
 
@@ -101,3 +113,18 @@ def test_split_checks_params_before_touching_any_file(tmp_path: Path) -> None:
         "error: params.yaml: unknown key 'data.raw_dri' (allowed in data: raw_dir, classes, image_size)"
     ]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_int8_needs_a_runtime_that_quantizes(tmp_path: Path) -> None:
+    path = write_params(tmp_path, "train", "backbone_runtime", "torch")
+    values = yaml.safe_load(path.read_text())
+    values["train"]["backbone_precision"] = "int8"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(
+        UserError,
+        match=re.escape("'train.backbone_precision' is 'int8'; allowed with train.backbone_runtime torch: fp32"),
+    ):
+        load_params(path)
+    values["train"]["backbone_runtime"] = "openvino"
+    path.write_text(yaml.safe_dump(values))
+    assert load_params(path).train.backbone_precision == "int8"

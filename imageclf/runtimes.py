@@ -1,0 +1,191 @@
+"""Engines that run a frozen backbone over batches of images: PyTorch, ONNX Runtime and OpenVINO.
+
+PyTorch trains every model and is the reference; for a frozen backbone, whose only job is one forward pass per
+image, ONNX Runtime and OpenVINO run the same weights several times faster on a CPU, in float32 or, calibrated on
+some training images, in int8. Each runtime turns a backbone into a function from a float32 NCHW batch of a fixed
+shape to its feature vectors. The libraries are imported when a backbone is compiled, so a run whose features
+are all in the cache does not need them.
+"""
+
+import copy
+import importlib
+import io
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from imageclf.errors import UserError
+
+FeatureFunction = Callable[[np.ndarray], np.ndarray]
+PRECISIONS = ("fp32", "int8")
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class BackboneRuntime:
+    """How one engine compiles a backbone; `packages` are the pip names it needs, imported under `modules`.
+
+    Only PyTorch `uses_device` (`train.device`); the others run on the CPU.
+    """
+
+    compile: Callable[[nn.Module, tuple[int, ...], str, Sequence[np.ndarray], torch.device], FeatureFunction]
+    precisions: tuple[str, ...]
+    packages: tuple[str, ...]
+    modules: tuple[str, ...]
+    uses_device: bool = False
+
+
+def threads() -> int:
+    """The threads PyTorch uses (`OMP_NUM_THREADS`, else the CPU cores): every runtime gets as many."""
+    return torch.get_num_threads()
+
+
+def torch_features(
+    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
+) -> FeatureFunction:
+    """The backbone itself, in channels-last memory format (faster on a CPU), on `device`.
+
+    It runs a copy, so the caller's backbone keeps the standard memory format, which `torch.save` records.
+    """
+    frozen = _frozen_copy(backbone).to(device, memory_format=torch.channels_last)
+
+    def features(batch: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            images = torch.from_numpy(batch).to(device, memory_format=torch.channels_last)
+            return frozen(images).float().cpu().numpy()
+
+    return features
+
+
+def onnx_model(backbone: nn.Module, batch_shape: tuple[int, ...]) -> bytes:
+    """The backbone as an ONNX graph for batches of `batch_shape`, in float32."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated; the new one needs onnxscript
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            _frozen_copy(backbone),
+            (torch.zeros(batch_shape),),
+            buffer,
+            input_names=["images"],
+            output_names=["features"],
+            opset_version=17,
+            dynamo=False,
+        )
+    return buffer.getvalue()
+
+
+def onnxruntime_features(
+    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
+) -> FeatureFunction:
+    """ONNX Runtime's CPU engine; int8 is static QDQ quantization (per-channel weights, min-max ranges)."""
+    import onnxruntime
+    from onnxruntime import quantization
+
+    model = onnx_model(backbone, batch_shape)
+    if precision == "int8":
+
+        class Calibration(quantization.CalibrationDataReader):
+            def __init__(self) -> None:
+                self.batches = iter(calibration)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.batches, None)
+                return None if batch is None else {"images": batch}
+
+        with tempfile.TemporaryDirectory() as folder:
+            source, quantized = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+            source.write_bytes(model)
+            quantization.quantize_static(
+                source,
+                quantized,
+                Calibration(),
+                quant_format=quantization.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8,
+            )
+            model = quantized.read_bytes()
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    return lambda batch: session.run(None, {"images": batch})[0]
+
+
+def openvino_features(
+    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
+) -> FeatureFunction:
+    """OpenVINO's CPU engine, one stream (so results do not depend on scheduling); int8 is NNCF's post-training
+    quantization."""
+    import openvino
+
+    model = openvino.convert_model(torch.export.export(_frozen_copy(backbone), (torch.zeros(batch_shape),)))
+    if precision == "int8":
+        import nncf
+
+        nncf.set_log_level(40)  # errors only: its progress bars would bury the training log
+        model = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration))
+    compiled = openvino.Core().compile_model(
+        model,
+        "CPU",
+        {
+            "INFERENCE_NUM_THREADS": threads(),
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",  # else bfloat16 on CPUs that have it: other features
+        },
+    )
+    request = compiled.create_infer_request()
+    return lambda batch: request.infer({0: batch})[0].copy()
+
+
+def _frozen_copy(backbone: nn.Module) -> nn.Module:
+    """A copy in evaluation mode on the CPU, leaving the caller's backbone (which may train later) as it is."""
+    return copy.deepcopy(backbone).cpu().eval().requires_grad_(False)
+
+
+BACKBONE_RUNTIMES: dict[str, BackboneRuntime] = {
+    "torch": BackboneRuntime(torch_features, ("fp32",), ("torch",), ("torch",), uses_device=True),
+    "onnxruntime": BackboneRuntime(onnxruntime_features, PRECISIONS, ("onnxruntime", "onnx"), ("onnxruntime", "onnx")),
+    "openvino": BackboneRuntime(openvino_features, PRECISIONS, ("openvino", "nncf"), ("openvino", "nncf")),
+}
+
+
+def runtime_versions(name: str) -> list[str]:
+    """The versions of the packages a runtime's features depend on, for the feature cache's key."""
+    return [f"{package} {version(package)}" for package in BACKBONE_RUNTIMES[name].packages]
+
+
+def compile_backbone(
+    name: str,
+    backbone: nn.Module,
+    batch_shape: tuple[int, ...],
+    precision: str,
+    calibration: Sequence[np.ndarray] = (),
+    device: torch.device = CPU,
+) -> FeatureFunction:
+    """Backbone → features function on runtime `name`; raise UserError if the runtime is not installed.
+
+    int8 needs `calibration`: batches of `batch_shape` from the training images, whose activation ranges fix
+    the quantization; the same batches give the same quantized model.
+    """
+    runtime = BACKBONE_RUNTIMES[name]
+    for module in runtime.modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(
+                f"train.backbone_runtime '{name}' needs {module}, which is not installed: "
+                f"pip install {' '.join(runtime.packages)}, or set train.backbone_runtime: torch"
+            ) from None
+    if precision == "int8" and not calibration:
+        raise ValueError("int8 needs calibration batches")
+    return runtime.compile(backbone, batch_shape, precision, calibration, device)

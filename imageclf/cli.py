@@ -4,6 +4,7 @@ imageclf predict photo.jpg more_photos/ [--model models/model.pt] [--top-k 3] [-
 imageclf summary [--architecture resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
+imageclf compare [EXP ...] [--all] [--json] [--report FILE.md]
 
 Each subcommand imports what it needs when it runs: `imageclf regression` or `imageclf fetch` does not wait for
 timm and torchvision to load.
@@ -61,6 +62,13 @@ def fetch(args: argparse.Namespace) -> int:
     from imageclf.fetch import fetch_command
 
     return fetch_command(args.source, args.kaggle, args.dest)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Print each configuration's accuracy with its spread and 95 % interval, and paired tests between them."""
+    from imageclf.compare import compare_command
+
+    return compare_command(args.experiments, args.all, args.json, args.report)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +131,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--dest", type=Path, default=Path("data/raw"), help="where <class>/ folders go (default: data/raw)"
     )
     fetch_parser.set_defaults(run=fetch)
+
+    compare_parser = commands.add_parser(
+        "compare",
+        help="compare DVC experiments: mean, spread, 95 % intervals, paired tests",
+        description="Group finished DVC experiments by their params without the seeds; per configuration the "
+        "accuracy and macro-F1 mean, sd, min-max and 95 % interval; McNemar's exact test between configurations "
+        "run with the same seeds.",
+    )
+    compare_parser.add_argument(
+        "experiments", nargs="*", metavar="EXP", help="experiment names or revisions (default: all that are shown)"
+    )
+    compare_parser.add_argument(
+        "--all", action="store_true", help="the experiments of every commit, not only of HEAD (dvc exp show -A)"
+    )
+    compare_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    compare_parser.add_argument(
+        "--report", type=Path, metavar="FILE.md", help="also write a Markdown report, with its plot beside it (.png)"
+    )
+    compare_parser.set_defaults(run=compare)
     return parser
 
 

@@ -5,6 +5,7 @@ imageclf summary [--architecture resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
 imageclf compare [EXP ...] [--all] [--json] [--report FILE.md]
+imageclf repeat -n 3 -S train.lr=0.003
 
 Each subcommand imports what it needs when it runs: `imageclf regression` or `imageclf fetch` does not wait for
 timm and torchvision to load.
@@ -69,6 +70,13 @@ def compare(args: argparse.Namespace) -> int:
     from imageclf.compare import compare_command
 
     return compare_command(args.experiments, args.all, args.json, args.report)
+
+
+def repeat(args: argparse.Namespace) -> int:
+    """Queue one configuration over several split seeds as DVC experiments."""
+    from imageclf.compare import repeat_command
+
+    return repeat_command(args.runs, args.set_param)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +158,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--report", type=Path, metavar="FILE.md", help="also write a Markdown report, with its plot beside it (.png)"
     )
     compare_parser.set_defaults(run=compare)
+
+    repeat_parser = commands.add_parser(
+        "repeat",
+        help="queue one configuration over several split seeds (dvc exp run --queue)",
+        description="Queue `dvc exp run` of one configuration once per split seed (42, 1, 2, ...), so that "
+        "`imageclf compare` can tell its spread; start them with `dvc queue start`.",
+    )
+    repeat_parser.add_argument("-n", "--runs", type=positive_int, default=3, help="how many split seeds (3)")
+    repeat_parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params.yaml value for every run, as in dvc exp run -S (repeatable)",
+    )
+    repeat_parser.set_defaults(run=repeat)
     return parser
 
 

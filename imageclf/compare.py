@@ -68,13 +68,14 @@ class Summary:
 
     @classmethod
     def of(cls, values: list[float], single_interval: tuple[float, float] | None = None) -> "Summary":
-        """Across two or more runs the t interval of the mean; for one run, `single_interval` if there is one."""
+        """Across two or more runs the t interval of the mean, cut to [0, 1]; for one run, `single_interval`."""
         mean = statistics.fmean(values)
         if len(values) == 1:
             return cls(mean, None, mean, mean, single_interval)
         sd = statistics.stdev(values)
         half_width = t.ppf((1 + CONFIDENCE) / 2, len(values) - 1) * sd / math.sqrt(len(values))
-        return cls(mean, sd, min(values), max(values), (mean - half_width, mean + half_width))
+        interval = (max(0.0, mean - half_width), min(1.0, mean + half_width))  # a share lies in [0, 1]
+        return cls(mean, sd, min(values), max(values), interval)
 
 
 @dataclass(frozen=True)
@@ -277,16 +278,16 @@ def compare_runs(runs: list[Run]) -> Comparison:
                 statistics.fmean(seconds) if seconds else None,
             )
         )
-    tests = []
     named_groups = list(zip(names, groups.values(), strict=True))
-    for (first_name, first_runs), (second_name, second_runs) in combinations(named_groups, 2):
-        for first in first_runs:
-            for second in second_runs:
-                if first.seeds == second.seeds:
-                    test = paired_test(first, second, first_name, second_name)
-                    if test is not None:
-                        tests.append(test)
-    if len(rows) > 1 and not tests:
+    pairs = [
+        (first, second, first_name, second_name)
+        for (first_name, first_runs), (second_name, second_runs) in combinations(named_groups, 2)
+        for first in first_runs
+        for second in second_runs
+        if first.seeds == second.seeds
+    ]
+    tests = [test for test in (paired_test(*pair) for pair in pairs) if test is not None]
+    if len(rows) > 1 and not pairs:
         warn("no two configurations share their seeds: run them on the same split.seed for a paired test")
     return Comparison(rows, tests)
 
@@ -406,4 +407,30 @@ def compare_command(names: list[str], all_commits: bool, as_json: bool, report: 
         write_atomic(report, markdown_report(comparison, plot.name).encode())
         if not as_json:
             print(f"\nreport: {report} (plot: {plot})")
+    return 0
+
+
+def repeat_seeds(runs: int) -> list[int]:
+    """The split seeds of `runs` repeats: the shipped 42, then 1, 2, … (the splits docs/results.md reports)."""
+    return [42, *range(1, runs)]
+
+
+def repeat_command(runs: int, settings: list[str]) -> int:
+    """Queue one configuration (`settings`, params.yaml key=value) over `runs` split seeds; print what to run next."""
+    for setting in settings:
+        key, equals, value = setting.partition("=")
+        if not equals or not key or not value:
+            raise UserError(f"-S {setting}: give a params.yaml key=value, such as -S train.lr=0.003")
+        if key == "split.seed":
+            raise UserError("-S split.seed: repeat sets the split seed itself; give the other params")
+    for seed in repeat_seeds(runs):
+        options = [item for setting in settings for item in ("-S", setting)]
+        dvc(["exp", "run", "--queue", "-S", f"split.seed={seed}", *options], Path.cwd())
+    configuration = " ".join(settings) or "params.yaml as it is"
+    seeds = ", ".join(map(str, repeat_seeds(runs)))
+    print(f"queued {runs} runs of {configuration} (split.seed {seeds}); next:")
+    print("  dvc queue start        # run them in the background (or: dvc exp run --run-all, in the foreground)")
+    print("  dvc queue status       # which are queued, running, done or failed")
+    print("  dvc exp show           # their params and metrics")
+    print("  imageclf compare       # each configuration's mean, spread, 95 % interval and paired tests")
     return 0

@@ -6,6 +6,7 @@ imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
 imageclf compare [EXP ...] [--all] [--json] [--report FILE.md]
 imageclf repeat -n 3 -S train.lr=0.003
+imageclf lr-find [--steps 100] [--plot lr_find.png]
 
 Each subcommand imports what it needs when it runs: `imageclf regression` or `imageclf fetch` does not wait for
 timm and torchvision to load.
@@ -77,6 +78,13 @@ def repeat(args: argparse.Namespace) -> int:
     from imageclf.compare import repeat_command
 
     return repeat_command(args.runs, args.set_param)
+
+
+def lr_find(args: argparse.Namespace) -> int:
+    """Run the learning-rate range test for the train params of params.yaml; plot it and suggest train.lr."""
+    from imageclf.lr_find import lr_find_command
+
+    return lr_find_command(args.train_dir, args.val_dir, args.steps, args.plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +183,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="a params.yaml value for every run, as in dvc exp run -S (repeatable)",
     )
     repeat_parser.set_defaults(run=repeat)
+
+    lr_find_parser = commands.add_parser(
+        "lr-find",
+        help="suggest train.lr with a learning-rate range test",
+        description="fastai's range test for the train.* params of params.yaml: the learning rate grows from 1e-7 "
+        "to 10 until the smoothed loss passes 4x its best; suggests where it fell fastest. Writes only the plot.",
+    )
+    lr_find_parser.add_argument("--steps", type=positive_int, default=100, help="batches at most (100)")
+    lr_find_parser.add_argument(
+        "--plot", type=Path, default=Path("lr_find.png"), help="the loss curve PNG (default: lr_find.png)"
+    )
+    lr_find_parser.add_argument(
+        "--train-dir", type=Path, default=Path("data/augmented"), help="training manifest folder (data/augmented)"
+    )
+    lr_find_parser.add_argument(
+        "--val-dir", type=Path, default=Path("data/split/val"), help="validation manifest folder (data/split/val)"
+    )
+    lr_find_parser.set_defaults(run=lr_find)
     return parser
 
 

@@ -2,7 +2,8 @@
 
 The learning rate grows exponentially from 1e-7 to 10 over a few hundred steps while the loss is smoothed
 (exponential moving average, beta 0.98, bias-corrected); the test stops when the smoothed loss passes 4× its best.
-The suggestion is where the smoothed loss falls fastest against log(lr). The model is built and trained in memory
+The suggestion is where the smoothed loss falls fastest against log(lr), past the first 10 and before the last 5
+steps (fastai v1's lr_find). The model is built and trained in memory
 only: nothing under models/ or checkpoints/ is read or written.
 """
 
@@ -29,6 +30,7 @@ START_LR = 1e-7
 END_LR = 10.0
 SMOOTHING = 0.98
 DIVERGENCE = 4.0
+SKIP_START, SKIP_END = 10, 5
 
 
 @dataclass(frozen=True)
@@ -41,13 +43,15 @@ class RangeTest:
 
 
 def steepest_descent(lrs: list[float], losses: list[float]) -> float:
-    """The learning rate where the smoothed loss falls fastest per decade of learning rate."""
-    if len(lrs) < 3:
+    """The learning rate where the smoothed loss falls fastest per decade of learning rate, leaving out the
+    first SKIP_START and last SKIP_END steps as fastai does (the average is still settling; the loss turns up)."""
+    if len(lrs) < SKIP_START + SKIP_END + 3:
         raise UserError(
             f"the loss diverged after {len(lrs)} steps: too few to suggest a learning rate; try more --steps"
         )
-    slopes = np.gradient(np.array(losses), np.log10(lrs))
-    return lrs[int(np.argmin(slopes))]
+    kept = slice(SKIP_START, len(lrs) - SKIP_END)
+    slopes = np.gradient(np.array(losses[kept]), np.log10(lrs[kept]))
+    return lrs[kept][int(np.argmin(slopes))]
 
 
 def range_test(

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imageclf.cli import main
-from imageclf.lr_find import END_LR, SKIP_END, SKIP_START, START_LR, range_test
+from imageclf.lr_find import END_LR, SKIP_END, SKIP_START, START_LR, range_test, steepest_descent
 
 
 def noisy_batches(seed: int = 0) -> DataLoader:
@@ -48,7 +48,14 @@ def test_the_rate_grows_exponentially_the_loss_is_smoothed_and_the_test_stops_wh
     assert min(test.losses) < test.losses[0] / 2, "the loss fell before it diverged"
 
 
-@pytest.mark.slow
+def test_the_suggestion_leaves_out_the_first_and_last_steps_as_fastai_does() -> None:
+    lrs = list(np.logspace(-7, 1, 60))
+    losses = [10.0 - step for step in range(SKIP_START)] + [1.0] * (60 - SKIP_START)  # the settling average
+    losses[30:35] = [0.9, 0.7, 0.5, 0.3, 0.2]  # the real descent
+    losses[-SKIP_END:] = [0.2, 0.15, 0.1, 0.05, 0.0]  # steep, but in the last steps
+    assert steepest_descent(lrs, losses) in lrs[30:35]
+
+
 def test_lr_find_suggests_a_rate_and_writes_only_its_plot(reproduced_project: Path, tmp_path: Path) -> None:
     project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
     (project / "checkpoints").mkdir(exist_ok=True)

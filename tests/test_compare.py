@@ -133,6 +133,7 @@ def test_compare_reads_real_experiments_groups_seeds_and_tests_pairs(reproduced_
         row = rows[f"train.lr={lr}"]
         accuracies = [statistics.fmean(by_run[(lr, seed)].values()) for seed in seeds]
         assert len(row["runs"]) == len(seeds)
+        assert row["train_seconds"] > 0, "metrics/train_time.json of each run"
         assert row["accuracy"]["mean"] == pytest.approx(statistics.fmean(accuracies))
         assert row["accuracy"]["sd"] == pytest.approx(statistics.stdev(accuracies))
         half_width = T_975_ONE_DEGREE * statistics.stdev(accuracies) / math.sqrt(len(seeds))

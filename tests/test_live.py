@@ -3,30 +3,28 @@ progress shows in `dvc exp show` and `dvc plots show`, and a run killed after ep
 
 import csv
 import json
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
-
-from tests.helpers import copy_project, make_image_folder, tiny_params
+from tests.helpers import set_params
 
 ROWS_BEFORE_KILL = 3
 
 
-@pytest.mark.slow
-def test_a_run_killed_after_epoch_k_leaves_a_history_of_k_rows(tmp_path: Path) -> None:
-    raw_dir = make_image_folder(tmp_path / "raw")
-    never_stops = {
-        "train__epochs": 100_000,
-        "train__early_stopping": {"monitor": "val_loss", "patience": 0, "min_delta": 0.0},
-        "train__checkpoint_every": 0,
-    }
-    project = copy_project(tmp_path / "project", **tiny_params(raw_dir) | never_stops)
-    prepared = subprocess.run(["dvc", "repro", "augment"], cwd=project, capture_output=True, text=True)
-    assert prepared.returncode == 0, prepared.stdout + prepared.stderr
+def test_a_run_killed_after_epoch_k_leaves_a_history_of_k_rows(reproduced_project: Path, tmp_path: Path) -> None:
+    project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
+    for output in ("metrics/train_history.csv", "metrics/train.json", "models/model.pt"):
+        (project / output).unlink()
+    set_params(  # a run that would go on for hours: only the kill ends it
+        project,
+        train__epochs=100_000,
+        train__early_stopping={"monitor": "val_loss", "patience": 0, "min_delta": 0.0},
+        train__checkpoint_every=0,
+    )
     history, summary = project / "metrics/train_history.csv", project / "metrics/train.json"
     outputs = ["models/model.pt", str(summary), str(history), "checkpoints/train.pt"]
     command = [sys.executable, "-m", "stages.train", "data/augmented", "data/split/val", *outputs]

@@ -175,7 +175,7 @@ def run_of(project: Path, name: str, data: dict) -> Run | None:
     """The finished run of one revision, or None where it has no test metrics (queued, running or failed)."""
     evaluation = (data.get("metrics") or {}).get(EVALUATE_METRICS, {}).get("data")
     params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-    if not evaluation or not params or "correct" not in evaluation:
+    if not evaluation or not params or "images" not in evaluation:
         return None
     rev = data["rev"]
     predictions = file_at(project, rev, PREDICTIONS)
@@ -184,7 +184,7 @@ def run_of(project: Path, name: str, data: dict) -> Run | None:
         name=name,
         rev=rev,
         params=flatten(params),
-        correct=int(evaluation["correct"]),
+        correct=evaluation.get("correct", round(evaluation["accuracy"] * evaluation["images"])),  # older files
         images=int(evaluation["images"]),
         macro_f1=float(evaluation["macro_avg"]["f1"]),
         train_seconds=float(json.loads(train_time)["seconds"]) if train_time else None,
@@ -213,6 +213,8 @@ def load_runs(project: Path, names: list[str], all_commits: bool) -> list[Run]:
         run = run_of(project, name, data)
         if run is not None:
             runs.setdefault(json.dumps(run.params, sort_keys=True), run)
+        elif names:
+            warn(f"experiment {name} has no {EVALUATE_METRICS} (queued, running or failed): left out")
     if not runs:
         raise UserError(
             f"no finished experiment with {EVALUATE_METRICS}: run `dvc exp run` (or `dvc queue start`) and wait"

@@ -229,7 +229,15 @@ def row_names(configurations: list[tuple]) -> list[str]:
     keys = sorted({key for configuration in configurations for key, _ in configuration})
     settings = [dict(configuration) for configuration in configurations]
     differing = [key for key in keys if len({setting.get(key) for setting in settings}) > 1]
-    return [", ".join(f"{key}={setting.get(key, 'unset')}" for key in differing) for setting in settings]
+    return [", ".join(f"{key}={shown_value(setting.get(key))}" for key in differing) for setting in settings]
+
+
+def shown_value(encoded: str | None) -> str:
+    """A param value as `dvc exp run -S` takes it: resnet18, not "resnet18"."""
+    if encoded is None:
+        return "unset"
+    value = json.loads(encoded)
+    return value if isinstance(value, str) else encoded
 
 
 def paired_test(first: Run, second: Run, first_name: str, second_name: str) -> PairedTest | None:

@@ -42,6 +42,9 @@ def test_repeats_form_one_row_with_mean_sd_and_the_t_interval_of_the_mean() -> N
     comparison = compare_runs(runs)
     rows = {row.name: row for row in comparison.rows}
     assert set(rows) == {"train.lr=0.001", "train.lr=0.01"}, "named by the one param that differs, seeds left out"
+    other_model = Run("r", "r", {**runs[-1].params, "train.model": "resnet18"}, 5, 10, 0.5, None, None)
+    named = {row.name for row in compare_runs([*runs, other_model]).rows}
+    assert "train.lr=0.01, train.model=resnet18" in named, "a string as dvc exp run -S takes it, unquoted"
     repeated = rows["train.lr=0.001"]
     assert repeated.runs == ["a1", "a2", "a3"]
     assert repeated.accuracy.mean == pytest.approx(0.8)

@@ -2,9 +2,9 @@
 
 On a few hundred test photos one photo moves accuracy by a quarter point, and a new split seed alone moves a run
 by a photo or two; a single number cannot tell a real difference from that noise. Each row gives the mean, the
-spread and a 95 % interval (SciPy: the t interval of the mean across seeds, Wilson's interval for a single run),
-and two configurations scored on the same test photos get a paired exact McNemar test on their per-photo
-predictions.
+spread and a 95 % interval (SciPy: the t interval of the mean across seeds; Wilson's interval of the photos for
+a single run, or for runs that all scored the same), and two configurations scored on the same test photos get a
+paired exact McNemar test on their per-photo predictions.
 """
 
 import csv
@@ -67,12 +67,13 @@ class Summary:
     interval: tuple[float, float] | None
 
     @classmethod
-    def of(cls, values: list[float], single_interval: tuple[float, float] | None = None) -> "Summary":
-        """Across two or more runs the t interval of the mean, cut to [0, 1]; for one run, `single_interval`."""
+    def of(cls, values: list[float], photo_interval: tuple[float, float] | None = None) -> "Summary":
+        """Across runs that differ, the t interval of the mean, cut to [0, 1]. For a single run, or runs that all
+        scored the same (the t interval would have no width), `photo_interval`: Wilson's interval of the photos."""
         mean = statistics.fmean(values)
-        if len(values) == 1:
-            return cls(mean, None, mean, mean, single_interval)
-        sd = statistics.stdev(values)
+        sd = statistics.stdev(values) if len(values) > 1 else None
+        if not sd:
+            return cls(mean, sd, min(values), max(values), photo_interval)
         half_width = t.ppf((1 + CONFIDENCE) / 2, len(values) - 1) * sd / math.sqrt(len(values))
         interval = (max(0.0, mean - half_width), min(1.0, mean + half_width))  # a share lies in [0, 1]
         return cls(mean, sd, min(values), max(values), interval)
@@ -277,13 +278,13 @@ def compare_runs(runs: list[Run]) -> Comparison:
     names = row_names(list(groups))
     rows = []
     for name, members in zip(names, groups.values(), strict=True):
-        single = wilson_interval(members[0].correct, members[0].images) if len(members) == 1 else None
+        photos = wilson_interval(sum(run.correct for run in members), sum(run.images for run in members))
         seconds = [run.train_seconds for run in members if run.train_seconds is not None]
         rows.append(
             Row(
                 name,
                 [run.name for run in members],
-                Summary.of([run.accuracy for run in members], single),
+                Summary.of([run.accuracy for run in members], photos),
                 Summary.of([run.macro_f1 for run in members]),
                 statistics.fmean(seconds) if seconds else None,
             )

@@ -54,15 +54,22 @@ def test_repeats_form_one_row_with_mean_sd_and_the_t_interval_of_the_mean() -> N
     assert repeated.accuracy.interval == (pytest.approx(0.8 - half_width), 1.0), "0.8 + 0.248 is cut to 100 %"
 
 
+def wilson_by_hand(correct: int, n: int) -> tuple[float, float]:
+    p, z = correct / n, Z_975
+    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n), (centre + spread) / (1 + z * z / n)
+
+
 def test_a_single_run_gets_wilsons_interval() -> None:
     (row,) = compare_runs([made_run("only", 0.001, 1, [True] * 9 + [False])]).rows
-    n, p, z = 10, 0.9, Z_975
-    centre, spread = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     assert row.accuracy.sd is None
-    assert row.accuracy.interval == (
-        pytest.approx((centre - spread) / (1 + z * z / n)),
-        pytest.approx((centre + spread) / (1 + z * z / n)),
-    )
+    assert row.accuracy.interval == pytest.approx(wilson_by_hand(9, 10))
+
+
+def test_runs_that_all_scored_the_same_get_wilsons_interval_of_their_photos_not_a_zero_width_one() -> None:
+    (row,) = compare_runs([made_run(f"s{seed}", 0.001, seed, [True] * 9 + [False]) for seed in (1, 2)]).rows
+    assert row.accuracy.sd == 0
+    assert row.accuracy.interval == pytest.approx(wilson_by_hand(18, 20))
 
 
 def test_mcnemar_pairs_runs_on_the_same_seed_and_names_the_photos_only_one_got_right() -> None:
@@ -140,10 +147,12 @@ def test_compare_reads_real_experiments_groups_seeds_and_tests_pairs(reproduced_
         assert row["accuracy"]["mean"] == pytest.approx(statistics.fmean(accuracies))
         assert row["accuracy"]["sd"] == pytest.approx(statistics.stdev(accuracies))
         half_width = T_975_ONE_DEGREE * statistics.stdev(accuracies) / math.sqrt(len(seeds))
-        assert row["accuracy"]["interval"] == [
-            pytest.approx(max(0, statistics.fmean(accuracies) - half_width)),
-            pytest.approx(min(1, statistics.fmean(accuracies) + half_width)),
-        ]
+        mean = statistics.fmean(accuracies)
+        expected = (max(0, mean - half_width), min(1, mean + half_width))
+        if half_width == 0:  # every run scored the same: Wilson's interval of all their photos
+            photos = [right for seed in seeds for right in by_run[(lr, seed)].values()]
+            expected = wilson_by_hand(sum(photos), len(photos))
+        assert row["accuracy"]["interval"] == [pytest.approx(expected[0]), pytest.approx(expected[1])]
 
     tests = {test["seeds"]["train.seed"]: test for test in compared["paired_tests"]}
     assert set(tests) == {42, 1}, "one paired test per seed both configurations ran"

@@ -5,6 +5,9 @@ imageclf summary [--architecture resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
 imageclf serve [--model models/model.pt] [--host 127.0.0.1] [--port 8000]
+imageclf compare [EXP ...] [--all] [--json] [--report FILE.md]
+imageclf repeat -n 3 -S train.lr=0.003
+imageclf lr-find [--steps 100] [--plot lr_find.png]
 
 Each subcommand imports what it needs when it runs: `imageclf regression` or `imageclf fetch` does not wait for
 timm and torchvision to load.
@@ -77,6 +80,27 @@ def serve(args: argparse.Namespace) -> int:
     from imageclf.serve import serve_command
 
     return serve_command(args.model, args.host, args.port)
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Print each configuration's accuracy with its spread and 95 % interval, and paired tests between them."""
+    from imageclf.compare import compare_command
+
+    return compare_command(args.experiments, args.all, args.json, args.report)
+
+
+def repeat(args: argparse.Namespace) -> int:
+    """Queue one configuration over several split seeds as DVC experiments."""
+    from imageclf.compare import repeat_command
+
+    return repeat_command(args.runs, args.set_param)
+
+
+def lr_find(args: argparse.Namespace) -> int:
+    """Run the learning-rate range test for the train params of params.yaml; plot it and suggest train.lr."""
+    from imageclf.lr_find import lr_find_command
+
+    return lr_find_command(args.train_dir, args.val_dir, args.steps, args.plot)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +181,60 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_parser.add_argument("--port", type=port_number, default=8000, help="0 picks a free one (default: 8000)")
     serve_parser.set_defaults(run=serve)
+
+    compare_parser = commands.add_parser(
+        "compare",
+        help="compare DVC experiments: mean, spread, 95 % intervals, paired tests",
+        description="Group finished DVC experiments by their params without the seeds; per configuration the "
+        "accuracy and macro-F1 mean, sd, min-max and 95 % interval; McNemar's exact test between configurations "
+        "run with the same seeds.",
+    )
+    compare_parser.add_argument(
+        "experiments", nargs="*", metavar="EXP", help="experiment names or revisions (default: all that are shown)"
+    )
+    compare_parser.add_argument(
+        "--all", action="store_true", help="the experiments of every commit, not only of HEAD (dvc exp show -A)"
+    )
+    compare_parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    compare_parser.add_argument(
+        "--report", type=Path, metavar="FILE.md", help="also write a Markdown report, with its plot beside it (.png)"
+    )
+    compare_parser.set_defaults(run=compare)
+
+    repeat_parser = commands.add_parser(
+        "repeat",
+        help="queue one configuration over several split seeds (dvc exp run --queue)",
+        description="Queue `dvc exp run` of one configuration once per split seed (42, 1, 2, ...), so that "
+        "`imageclf compare` can tell its spread; start them with `dvc queue start`.",
+    )
+    repeat_parser.add_argument("-n", "--runs", type=positive_int, default=3, help="how many split seeds (3)")
+    repeat_parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a params.yaml value for every run, as in dvc exp run -S (repeatable)",
+    )
+    repeat_parser.set_defaults(run=repeat)
+
+    lr_find_parser = commands.add_parser(
+        "lr-find",
+        help="suggest train.lr with a learning-rate range test",
+        description="fastai's range test for the train.* params of params.yaml: the learning rate grows from 1e-7 "
+        "to 10 until the smoothed loss passes 4x its best; suggests where it fell fastest. Writes only the plot.",
+    )
+    lr_find_parser.add_argument("--steps", type=positive_int, default=100, help="batches at most (100)")
+    lr_find_parser.add_argument(
+        "--plot", type=Path, default=Path("lr_find.png"), help="the loss curve PNG (default: lr_find.png)"
+    )
+    lr_find_parser.add_argument(
+        "--train-dir", type=Path, default=Path("data/augmented"), help="training manifest folder (data/augmented)"
+    )
+    lr_find_parser.add_argument(
+        "--val-dir", type=Path, default=Path("data/split/val"), help="validation manifest folder (data/split/val)"
+    )
+    lr_find_parser.set_defaults(run=lr_find)
     return parser
 
 

@@ -9,7 +9,7 @@ import hashlib
 import io
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -356,12 +356,14 @@ def fit(
     config: TrainParams,
     device: torch.device,
     checkpointing: Checkpointing | None = None,
+    on_epoch: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
     """Train `model` for up to `config.epochs` and leave it holding the weights of its best epoch by the
     monitored val metric (the same weights as the result's `best_state`).
 
     `model` is a whole Classifier, or just a head when training on precomputed features. With
     `checkpointing`, the state is saved every few epochs and a saved state of the same run is resumed.
+    `on_epoch` sees the result after every epoch (in the first process), to show a running run's progress.
     Under torchrun each process trains on its share of every batch (DistributedDataParallel); all of them
     validate on the whole val set, and only the first saves checkpoints.
     """
@@ -393,6 +395,8 @@ def fit(
         state.end_epoch(EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr), monitor)
         progress.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
 
+        if on_epoch is not None and rank() == 0:
+            on_epoch(state.result)
         stop_reason = state.result.stop_reason
         if checkpointing and checkpointing.due(epoch, finished=bool(stop_reason)) and rank() == 0:
             checkpointing.save(state.state_dict())
@@ -410,6 +414,7 @@ def train_classifier(
     config: TrainParams,
     device: torch.device,
     checkpointing: Checkpointing | None = None,
+    on_epoch: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
     """Train `model` in place as `config.mode` says and leave it holding its best epoch's weights.
 
@@ -439,7 +444,7 @@ def train_classifier(
         if rank() == 0 and is_distributed():
             torch.distributed.barrier()
         network = model.head
-    return fit(network, train_inputs, val_inputs, config, device, checkpointing)
+    return fit(network, train_inputs, val_inputs, config, device, checkpointing, on_epoch)
 
 
 def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDataset) -> str:
@@ -460,7 +465,11 @@ def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDat
 
 
 def train_from_params(
-    params: Params, train_dir: Path, val_dir: Path, checkpoint_path: Path | None = None
+    params: Params,
+    train_dir: Path,
+    val_dir: Path,
+    checkpoint_path: Path | None = None,
+    on_epoch: Callable[[FitResult], None] | None = None,
 ) -> tuple[SavedModel, FitResult]:
     """Build the architecture `train.model` for `train.mode` and train it on the two manifest folders.
 
@@ -492,6 +501,7 @@ def train_from_params(
         train,
         select_device(train.device),
         checkpointing,
+        on_epoch,
     )
     if checkpointing is not None and rank() == 0:
         checkpointing.remove()

@@ -1,7 +1,10 @@
 """Stage train: train `train.model` in `train.mode`; save the best validation epoch and the per-epoch history.
 
-Usage: python -m stages.train TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV CHECKPOINT
+Usage: python -m stages.train TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON HISTORY_CSV CHECKPOINT [TIME_JSON]
 
+METRICS_JSON and HISTORY_CSV are rewritten (atomically) after every epoch, so that `dvc exp show` and
+`dvc plots show` follow a running experiment; at the end they hold the same bytes for the same params and data.
+TIME_JSON gets the stage's wall seconds: a file of its own, as the time differs on every run.
 CHECKPOINT is where the run keeps its state every `train.checkpoint_every` epochs; a run that was
 killed resumes from it, and it is removed when training ends. On several GPUs or machines, start it with
 `torchrun --nproc_per_node=N -m stages.train ...` (as a module: the file form would import the installed
@@ -9,6 +12,7 @@ package, not this checkout's): the processes share the work and the first writes
 """
 
 import sys
+import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -17,24 +21,41 @@ from imageclf.errors import exits_cleanly
 from imageclf.files import write_csv, write_json
 from imageclf.models import save_model
 from imageclf.params import load_params
-from imageclf.training import EpochStats, train_from_params
+from imageclf.training import EpochStats, FitResult, train_from_params
+
+
+def write_progress(result: FitResult, metrics_path: Path, history_path: Path) -> None:
+    """The epochs so far: the history, then the best and last epoch's summary."""
+    write_csv(history_path, [asdict(epoch) for epoch in result.history], [field.name for field in fields(EpochStats)])
+    write_json(metrics_path, result.summary())
 
 
 @exits_cleanly
 def main(
-    train_dir: str, val_dir: str, model_path: str, metrics_path: str, history_path: str, checkpoint_path: str
+    train_dir: str,
+    val_dir: str,
+    model_path: str,
+    metrics_path: str,
+    history_path: str,
+    checkpoint_path: str,
+    time_path: str | None = None,
 ) -> None:
+    started = time.perf_counter()
     params = load_params()
+    metrics, history = Path(metrics_path), Path(history_path)
+
+    def on_epoch(result: FitResult) -> None:
+        write_progress(result, metrics, history)
+
     with process_group():
-        saved_model, result = train_from_params(params, Path(train_dir), Path(val_dir), Path(checkpoint_path))
+        saved_model, result = train_from_params(params, Path(train_dir), Path(val_dir), Path(checkpoint_path), on_epoch)
         writes_outputs = rank() == 0
     if not writes_outputs:
         return
     save_model(Path(model_path), saved_model)
-    write_json(Path(metrics_path), result.summary())
-    write_csv(
-        Path(history_path), [asdict(epoch) for epoch in result.history], [field.name for field in fields(EpochStats)]
-    )
+    write_progress(result, metrics, history)
+    if time_path is not None:
+        write_json(Path(time_path), {"seconds": round(time.perf_counter() - started, 1)})
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare_parser = commands.add_parser(
         "compare",
-        help="compare DVC experiments: mean, spread, 95 % intervals, paired tests",
+        help="compare DVC experiments: mean, spread, 95 %% intervals, paired tests",
         description="Group finished DVC experiments by their params without the seeds; per configuration the "
         "accuracy and macro-F1 mean, sd, min-max and 95 % interval; McNemar's exact test between configurations "
         "run with the same seeds.",

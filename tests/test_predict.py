@@ -12,6 +12,7 @@ from PIL import Image
 
 from imageclf.errors import UserError
 from imageclf.evaluation import load_model_for
+from imageclf.export import torch_predictor
 from imageclf.inference import ViewTransform, label_from_path, predict_files
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
 from imageclf.views import TTA
@@ -190,9 +191,10 @@ def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) ->
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
     saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+    predictor = torch_predictor(saved)
     paths = sorted(photos.rglob("*.jpg"))
-    batched = list(predict_files(saved, paths, "flip", batch_size=4))
-    single = list(predict_files(saved, paths, "flip", batch_size=1))
+    batched = list(predict_files(predictor, paths, "flip", batch_size=4))
+    single = list(predict_files(predictor, paths, "flip", batch_size=1, decode_threads=0))
     assert [p.path for p in batched] == paths
     assert [p.error != "" for p in batched] == [path.name == "broken.jpg" for path in paths]
     for one, other in zip(batched, single, strict=True):

@@ -233,3 +233,13 @@ def test_an_interrupted_export_leaves_nothing_in_the_target_folder(model_file: P
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130 and stderr.strip().endswith("interrupted")
     assert list(target.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_without_onnxruntime_model_pt_is_predicted_on_pytorch(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGECLF_FEATURE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    np.testing.assert_allclose(exported_probabilities(model_file), pytorch_probabilities(model_file), atol=1e-6)
+    assert not (tmp_path / "cache").exists()

@@ -34,7 +34,7 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # Where `imageclf export` puts its metadata: ONNX `metadata_props` and OpenVINO `rt_info`, one JSON text each.
 METADATA_KEY = "imageclf"
 # Threads that decode and resize photos while the model runs on the previous batch (PIL releases the GIL). None by
-# default: on 2 cores the model's threads keep both busy (1,320 photos: 37 s with 0, 44 s with 1, 54 s with 2).
+# default: on 2 busy cores they gained nothing (1,320 photos, model.pt: 37/44/54 s with 0/1/2; later 53/52 s with 0/2).
 DECODE_THREADS = 0
 
 

@@ -1,6 +1,7 @@
 """The `imageclf` command: use a trained model outside the pipeline, inspect models, run the lessons.
 
-imageclf predict photo.jpg more_photos/ [--model models/model.pt] [--top-k 3] [--json]
+imageclf predict photo.jpg more_photos/ [--model models/model.pt|model.onnx|model.xml] [--top-k 3] [--json]
+imageclf export --format onnx|openvino [--model models/model.pt] [--precision fp32|int8] [--softmax] [--output PATH]
 imageclf summary [--architecture resnet50] [--mode fine_tuning]
 imageclf regression [--epochs 1000] [--lr 0.02] [--plot regression_loss.png]
 imageclf fetch animals10 --source Animals-10.zip
@@ -9,16 +10,19 @@ imageclf compare [EXP ...] [--all] [--json] [--report FILE.md]
 imageclf repeat -n 3 -S train.lr=0.003
 imageclf lr-find [--steps 100] [--plot lr_find.png]
 
-Each subcommand imports what it needs when it runs: `imageclf regression` or `imageclf fetch` does not wait for
-timm and torchvision to load.
+Each subcommand imports what it needs when it runs: `imageclf regression`, `imageclf fetch` or `imageclf predict`
+with an exported model does not wait for torch, timm and torchvision to load.
 """
 
 import argparse
 from pathlib import Path
 
-from imageclf.errors import exits_cleanly
-from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
+from imageclf.errors import UserError, exits_cleanly
+from imageclf.inference import DECODE_THREADS
 from imageclf.views import DEFAULT_TTA, TTA
+
+EXPORT_FORMATS = ("onnx", "openvino")  # the keys of export.EXPORT_FORMATS, which needs torch to import
+EXPORT_PRECISIONS = ("fp32", "int8")
 
 
 def positive_int(text: str) -> int:
@@ -41,12 +45,27 @@ def predict(args: argparse.Namespace) -> int:
     """Print each image's class, confidence and top-k (or JSON); with labels, the accuracy and the misses."""
     from imageclf.predict import predict_command
 
-    return predict_command(args.paths, args.model, args.top_k, args.json, args.tta, args.batch_size)
+    return predict_command(
+        args.paths, args.model, args.top_k, args.json, args.tta, args.batch_size, args.decode_threads
+    )
+
+
+def export(args: argparse.Namespace) -> int:
+    """Write the classifier as ONNX or OpenVINO IR, with its class names and preprocessing inside."""
+    from imageclf.export import export_command
+
+    return export_command(
+        args.model, args.format, args.precision, args.softmax, args.output, args.calibration, args.seed
+    )
 
 
 def summary(args: argparse.Namespace) -> int:
     """Print the layer table of `--architecture` in `--mode` (by default, those of params.yaml)."""
+    from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
     from imageclf.summary import model_summary
+
+    if args.mode is not None and args.mode not in TRAIN_MODES:
+        raise UserError(f"--mode '{args.mode}' is unknown; choices: {', '.join(TRAIN_MODES)}")
 
     params = load_params() if PARAMS_FILE.is_file() and not (args.architecture and args.mode) else None
     architecture = args.architecture or (params.train.model if params else "original")
@@ -128,7 +147,41 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"views as in evaluate.tta: flip averages the photo and its mirror image (default: {DEFAULT_TTA})",
     )
     predict_parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (32)")
+    predict_parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=DECODE_THREADS,
+        metavar="N",
+        help=f"threads decoding the next batch while the model runs; 0: none (default: {DECODE_THREADS})",
+    )
     predict_parser.set_defaults(run=predict)
+
+    export_parser = commands.add_parser(
+        "export",
+        help="write the model as ONNX or OpenVINO IR for other programs",
+        description="Write the whole classifier as ONNX or OpenVINO IR; the class names, input size, mean and std "
+        "are inside the file as JSON under the key 'imageclf' (ONNX metadata_props, OpenVINO rt_info).",
+    )
+    export_parser.add_argument("--format", choices=EXPORT_FORMATS, required=True)
+    export_parser.add_argument(
+        "--model", type=Path, default=Path("models/model.pt"), metavar="FILE", help="(default: models/model.pt)"
+    )
+    export_parser.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32", help="(default: fp32)")
+    export_parser.add_argument("--softmax", action="store_true", help="output probabilities instead of logits")
+    export_parser.add_argument(
+        "--output", type=Path, metavar="PATH", help="default: beside the model, model.onnx, model.xml, model-int8.*"
+    )
+    export_parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=Path("data/split/train"),
+        metavar="DIR",
+        help="int8: the split's train folder whose images calibrate (default: data/split/train)",
+    )
+    export_parser.add_argument(
+        "--seed", type=int, help="int8: picks the calibration images (default: train.seed of params.yaml)"
+    )
+    export_parser.set_defaults(run=export)
 
     summary_parser = commands.add_parser(
         "summary",
@@ -142,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a train.model name such as resnet50 (default: train.model of params.yaml); --model is an alias, "
         "as in the study notes' main.py summary -m NAME",
     )
-    summary_parser.add_argument("--mode", choices=TRAIN_MODES, help="default: train.mode of params.yaml")
+    summary_parser.add_argument("--mode", help="a train.mode name (default: train.mode of params.yaml)")
     summary_parser.add_argument("--image-size", type=int, help="input side in pixels (default: the model's own)")
     summary_parser.set_defaults(run=summary)
 

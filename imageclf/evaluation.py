@@ -6,10 +6,9 @@ import numpy as np
 
 from imageclf.errors import UserError, warn
 from imageclf.files import write_csv, write_json
-from imageclf.inference import labelled_scores, predict_files, predict_folder
+from imageclf.inference import Predictor, labelled_scores, load_predictor, predict_files, predict_folder
 from imageclf.manifest import read_manifest
 from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
-from imageclf.models import SavedModel, load_model
 from imageclf.params import Params
 from imageclf.reports import (
     Miss,
@@ -30,32 +29,33 @@ PLOTS_DIR = "plots"
 REPORT_FILE = "report.md"
 
 
-def load_model_for(model_path: Path, classes: list[str]) -> SavedModel:
-    """The model file, refused with one line when it was trained for other classes than `data.classes`."""
-    saved = load_model(model_path)
-    if saved.classes != classes:
+def load_model_for(model_path: Path, classes: list[str]) -> Predictor:
+    """The model file (or an export of it), refused with one line when it was trained for other classes than
+    `data.classes`."""
+    model = load_predictor(model_path)
+    if model.classes != classes:
         raise UserError(
-            f"model '{model_path}' was trained for classes {saved.classes}, but data.classes is {classes}: "
+            f"model '{model_path}' was trained for classes {model.classes}, but data.classes is {classes}: "
             "retrain it with dvc repro"
         )
-    return saved
+    return model
 
 
-def score_test_images(saved: SavedModel, folder: Path, params: Params) -> dict:
+def score_test_images(model: Predictor, folder: Path, params: Params) -> dict:
     """`classification_scores` on a labelled folder (class folders or `<class>_name.jpg` files); unreadable files are
     warned about and counted, a folder without labelled images is refused."""
     if not folder.is_dir():
         raise UserError(f"evaluate.test_images '{folder}' is not a folder: fix the path or set it to \"\"")
     results, unreadable = predict_folder(
-        saved, folder, params.evaluate.tta, params.evaluate.batch_size, description="test_images"
+        model, folder, params.evaluate.tta, params.evaluate.batch_size, description="test_images"
     )
     for prediction in unreadable:
         warn(f"cannot read '{prediction.path}': {prediction.error}")
-    scores = labelled_scores(results, saved.classes, unreadable=len(unreadable))
+    scores = labelled_scores(results, model.classes, unreadable=len(unreadable))
     if scores is None:
         raise UserError(
             f"evaluate.test_images '{folder}' holds no labelled images: put them in class folders "
-            f"({', '.join(saved.classes)}) or name them <class>_*.jpg"
+            f"({', '.join(model.classes)}) or name them <class>_*.jpg"
         )
     return scores
 
@@ -63,11 +63,11 @@ def score_test_images(saved: SavedModel, folder: Path, params: Params) -> dict:
 def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:
     """Write metrics, predictions, precision-recall curves, pictures and the report into `out_dir`."""
     classes = params.data.classes
-    saved = load_model_for(model_path, classes)
+    model = load_model_for(model_path, classes)
     records = read_manifest(test_dir)
     images = [test_dir / record.path for record in records]
     predictions = list(
-        predict_files(saved, images, params.evaluate.tta, params.evaluate.batch_size, description="evaluate")
+        predict_files(model, images, params.evaluate.tta, params.evaluate.batch_size, description="evaluate")
     )
     unreadable = [prediction for prediction in predictions if prediction.probabilities is None]
     if unreadable:
@@ -91,7 +91,7 @@ def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path
         write_json(out_dir / PRECISION_RECALL_DIR / f"{label}.json", rows)
 
     test_images = (
-        score_test_images(saved, Path(params.evaluate.test_images), params) if params.evaluate.test_images else {}
+        score_test_images(model, Path(params.evaluate.test_images), params) if params.evaluate.test_images else {}
     )
     write_json(out_dir / TEST_IMAGES_FILE, test_images)
 

@@ -10,7 +10,6 @@ import hashlib
 import inspect
 import io
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -23,25 +22,19 @@ from torch.utils.data import DataLoader, Subset, TensorDataset
 from tqdm import tqdm
 
 from imageclf import images, runtimes
+from imageclf.caches import CACHE_ENVIRONMENT_VARIABLE as CACHE_ENVIRONMENT_VARIABLE  # where tests set it
+from imageclf.caches import cache_dir
 from imageclf.device import loader_options
 from imageclf.files import write_atomic
 from imageclf.images import Preprocessing
 from imageclf.manifest import ImageDataset
 from imageclf.runtimes import BACKBONE_RUNTIMES, CPU, FeatureFunction, compile_backbone, runtime_versions
 
-CACHE_ENVIRONMENT_VARIABLE = "IMAGECLF_FEATURE_CACHE"
 # Every batch the backbone sees has this many images (the last one padded): an image's features then do not
 # depend on how many other images happened to be missing from the cache with it. Conv kernels pick their blocking
 # by batch size, so the same image in a batch of 3 and of 16 can differ in the last bits, and a model trained on
 # features from a warm cache would not match one trained from a cold cache byte for byte.
 EXTRACTION_BATCH_SIZE = 32
-
-
-def cache_dir() -> Path:
-    """`$IMAGECLF_FEATURE_CACHE`, else `$XDG_CACHE_HOME/study-classification/features` (`~/.cache/...`)."""
-    if os.environ.get(CACHE_ENVIRONMENT_VARIABLE):
-        return Path(os.environ[CACHE_ENVIRONMENT_VARIABLE])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "study-classification" / "features"
 
 
 CALIBRATION_IMAGES = 320  # int8: training images whose activation ranges set the quantization (10 batches)

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -87,14 +86,18 @@ def jpeg_bytes(image: Image.Image) -> bytes:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """What a model expects of its input: a square of `image_size` pixels, normalised with `mean` and `std`."""
+    """What a model expects of its input: a square of `image_size` pixels, normalised with `mean` and `std`.
+
+    NumPy only, so that predicting with an exported model never imports torch; torch's data loaders turn the
+    arrays into tensors.
+    """
 
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """The image as a normalised float tensor, channels first."""
-        pixels = torch.from_numpy(np.array(to_square(image, self.image_size))).permute(2, 0, 1)
-        tensor = pixels.to(torch.float32).div_(255)
-        return tensor.sub_(torch.tensor(self.mean).view(3, 1, 1)).div_(torch.tensor(self.std).view(3, 1, 1))
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """The image as a normalised float32 array, channels first."""
+        pixels = np.asarray(to_square(image, self.image_size), dtype=np.float32) / np.float32(255)
+        normalised = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return np.ascontiguousarray(normalised.transpose(2, 0, 1))

@@ -77,4 +77,4 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
-        return self.preprocess(image), self.labels[index]
+        return torch.from_numpy(self.preprocess(image)), self.labels[index]

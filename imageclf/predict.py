@@ -5,8 +5,14 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from imageclf.inference import LabelledResult, files_to_predict, labelled_result, labelled_scores, predict_files
-from imageclf.models import load_model
+from imageclf.inference import (
+    LabelledResult,
+    files_to_predict,
+    labelled_result,
+    labelled_scores,
+    load_predictor,
+    predict_files,
+)
 
 
 def format_row(result: LabelledResult, top_k: int, width: int) -> str:
@@ -30,31 +36,33 @@ def print_summary(scores: dict, file: TextIO) -> None:
         )
 
 
-def predict_command(targets: list[Path], model_path: Path, top_k: int, as_json: bool, tta: str, batch_size: int) -> int:
+def predict_command(
+    targets: list[Path], model_path: Path, top_k: int, as_json: bool, tta: str, batch_size: int, decode_threads: int
+) -> int:
     """`imageclf predict`: a table (or JSON list) of predictions, the accuracy when images are labelled.
 
     Each unreadable file, missing path or folder without images gets one error line on stderr and exit status 1;
     the other images are still predicted.
     """
-    saved = load_model(model_path)
+    predictor = load_predictor(model_path)
     found, errors = files_to_predict(targets)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
     width = max((len(str(path)) for path, _ in found), default=4)
     if found and not as_json:
-        print(f"{'path':<{width}}  {'class':<10}  {'confidence':>10}  top-{min(top_k, len(saved.classes))}")
+        print(f"{'path':<{width}}  {'class':<10}  {'confidence':>10}  top-{min(top_k, len(predictor.classes))}")
     results = []
-    predictions = predict_files(saved, [path for path, _ in found], tta, batch_size)
+    predictions = predict_files(predictor, [path for path, _ in found], tta, batch_size, decode_threads=decode_threads)
     for prediction, (_, target) in zip(predictions, found, strict=True):
         if prediction.probabilities is None:
             print(f"error: cannot read '{prediction.path}': {prediction.error}", file=sys.stderr)
             errors.append(prediction.error)
             continue
-        result = labelled_result(prediction, target, saved.classes)
+        result = labelled_result(prediction, target, predictor.classes)
         results.append(result)
         if not as_json:
             print(format_row(result, top_k, width), flush=True)
-    scores = labelled_scores(results, saved.classes, unreadable=len(found) - len(results))
+    scores = labelled_scores(results, predictor.classes, unreadable=len(found) - len(results))
     if as_json:
         print(
             json.dumps(

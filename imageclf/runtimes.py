@@ -10,6 +10,7 @@ are all in the cache does not need them.
 import copy
 import importlib
 import io
+import logging
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imageclf.engines import onnxruntime_function, openvino_function
 from imageclf.errors import UserError
 
 FeatureFunction = Callable[[np.ndarray], np.ndarray]
@@ -64,44 +66,44 @@ def torch_features(
     return features
 
 
-def onnx_model(backbone: nn.Module, batch_shape: tuple[int, ...]) -> bytes:
-    """The backbone as an ONNX graph for batches of `batch_shape`, in float32."""
+def onnx_model(
+    module: nn.Module, batch_shape: tuple[int, ...], output_name: str = "features", dynamic_batch: bool = False
+) -> bytes:
+    """The module as an ONNX graph for batches of `batch_shape` (any batch size with `dynamic_batch`), in
+    float32; its input is named `images`."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated; the new one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            _frozen_copy(backbone),
+            _frozen_copy(module),
             (torch.zeros(batch_shape),),
             buffer,
             input_names=["images"],
-            output_names=["features"],
+            output_names=[output_name],
             opset_version=17,
+            dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None,
             dynamo=False,
         )
     return buffer.getvalue()
 
 
-def onnxruntime_features(
-    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
-) -> FeatureFunction:
-    """ONNX Runtime's CPU engine; int8 is static QDQ quantization (per-channel weights, min-max ranges)."""
-    import onnxruntime
+def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
+    """ONNX Runtime's static QDQ quantization to int8 (per-channel weights, min-max ranges over `calibration`)."""
     from onnxruntime import quantization
 
-    model = onnx_model(backbone, batch_shape)
-    if precision == "int8":
+    class Calibration(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
 
-        class Calibration(quantization.CalibrationDataReader):
-            def __init__(self) -> None:
-                self.batches = iter(calibration)
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"images": batch}
 
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(self.batches, None)
-                return None if batch is None else {"images": batch}
-
-        with tempfile.TemporaryDirectory() as folder:
-            source, quantized = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
-            source.write_bytes(model)
+    with tempfile.TemporaryDirectory() as folder:
+        source, quantized = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        source.write_bytes(model)
+        logging.disable(logging.WARNING)  # its advice to preprocess the graph first, on the root logger
+        try:
             quantization.quantize_static(
                 source,
                 quantized,
@@ -111,40 +113,39 @@ def onnxruntime_features(
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
             )
-            model = quantized.read_bytes()
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads()
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return lambda batch: session.run(None, {"images": batch})[0]
+        finally:
+            logging.disable(logging.NOTSET)
+        return quantized.read_bytes()
+
+
+def onnxruntime_features(
+    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
+) -> FeatureFunction:
+    """ONNX Runtime's CPU engine, fp32 or int8 (`quantize_onnx`)."""
+    model = onnx_model(backbone, batch_shape)
+    if precision == "int8":
+        model = quantize_onnx(model, calibration)
+    return onnxruntime_function(model, threads())
+
+
+def quantize_openvino(model, calibration: Sequence[np.ndarray]):
+    """NNCF's post-training quantization of an OpenVINO model to int8, its ranges set on `calibration`."""
+    import nncf
+
+    nncf.set_log_level(40)  # errors only: its progress bars would bury the training log
+    return nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration))
 
 
 def openvino_features(
     backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
 ) -> FeatureFunction:
-    """OpenVINO's CPU engine, one stream (so results do not depend on scheduling); int8 is NNCF's post-training
-    quantization."""
+    """OpenVINO's CPU engine (`engines.openvino_function`), fp32 or int8 (`quantize_openvino`)."""
     import openvino
 
     model = openvino.convert_model(torch.export.export(_frozen_copy(backbone), (torch.zeros(batch_shape),)))
     if precision == "int8":
-        import nncf
-
-        nncf.set_log_level(40)  # errors only: its progress bars would bury the training log
-        model = nncf.quantize(model, nncf.Dataset(list(calibration)), subset_size=len(calibration))
-    compiled = openvino.Core().compile_model(
-        model,
-        "CPU",
-        {
-            "INFERENCE_NUM_THREADS": threads(),
-            "NUM_STREAMS": 1,
-            "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32",  # else bfloat16 on CPUs that have it: other features
-        },
-    )
-    request = compiled.create_infer_request()
-    return lambda batch: request.infer({0: batch})[0].copy()
+        model = quantize_openvino(model, calibration)
+    return openvino_function(model, threads())
 
 
 def _frozen_copy(backbone: nn.Module) -> nn.Module:
@@ -164,6 +165,19 @@ def runtime_versions(name: str) -> list[str]:
     return [f"{package} {version(package)}" for package in BACKBONE_RUNTIMES[name].packages]
 
 
+def require_modules(runtime: BackboneRuntime, user: str, alternative: str) -> None:
+    """Raise UserError naming `user`, the missing package, its pip command and `alternative`, unless every
+    module the runtime needs imports."""
+    for module in runtime.modules:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UserError(
+                f"{user} needs {module}, which is not installed: pip install {' '.join(runtime.packages)}, "
+                f"{alternative}"
+            ) from None
+
+
 def compile_backbone(
     name: str,
     backbone: nn.Module,
@@ -178,14 +192,7 @@ def compile_backbone(
     the quantization; the same batches give the same quantized model.
     """
     runtime = BACKBONE_RUNTIMES[name]
-    for module in runtime.modules:
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            raise UserError(
-                f"train.backbone_runtime '{name}' needs {module}, which is not installed: "
-                f"pip install {' '.join(runtime.packages)}, or set train.backbone_runtime: torch"
-            ) from None
+    require_modules(runtime, f"train.backbone_runtime '{name}'", "or set train.backbone_runtime: torch")
     if precision == "int8" and not calibration:
         raise ValueError("int8 needs calibration batches")
     return runtime.compile(backbone, batch_shape, precision, calibration, device)

@@ -22,10 +22,10 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from imageclf import inference
 from imageclf.errors import UserError, warn
 from imageclf.images import IMAGE_FORMATS
-from imageclf.inference import Prediction, labelled_result, predict_files
-from imageclf.models import SavedModel, load_model
+from imageclf.inference import Prediction, labelled_result, load_predictor, predict_files
 from imageclf.views import DEFAULT_TTA
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a phone photo is 2-12 MB
@@ -145,7 +145,7 @@ def refusal(upload: Upload) -> tuple[int, str] | None:
     return None
 
 
-def prediction_json(saved: SavedModel, prediction: Prediction, name: str) -> dict:
+def prediction_json(saved: inference.Predictor, prediction: Prediction, name: str) -> dict:
     """The object `imageclf predict --json` prints for one file, the upload's name as its path."""
     result = labelled_result(Prediction(Path(name), prediction.probabilities), Path(name), saved.classes)
     return {
@@ -159,7 +159,7 @@ def prediction_json(saved: SavedModel, prediction: Prediction, name: str) -> dic
 class Predictor:
     """The model, loaded once, and a lock: one forward pass at a time (torch already uses every core for one)."""
 
-    def __init__(self, saved: SavedModel):
+    def __init__(self, saved: inference.Predictor):
         self.saved = saved
         self.lock = threading.Lock()
 
@@ -197,7 +197,7 @@ def metrics_info(metrics_dir: Path) -> dict:
     }
 
 
-def create_app(saved: SavedModel, model_path: Path, metrics_dir: Path) -> FastAPI:
+def create_app(saved: inference.Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
     """The page and the API around one loaded model; `metrics_dir` holds evaluate.json and plots/ of that model."""
     predictor = Predictor(saved)
     app = FastAPI(title="imageclf", description="Try the trained model on your own photos.")
@@ -262,7 +262,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve_command(model_path: Path, host: str, port: int) -> int:
     """`imageclf serve`: load the model, bind, warm the model up, print the address, serve until Ctrl+C."""
-    saved = load_model(model_path)
+    saved = load_predictor(model_path)
     sock = bind(host, port)
     if host not in LOOPBACK_HOSTS:
         warn(f"listening on {host}: anyone who can reach this machine can upload photos")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from imageclf.errors import UserError
 from imageclf.evaluation import evaluate, score_test_images
-from imageclf.models import load_model
+from imageclf.inference import load_predictor
 from imageclf.params import load_params
 from imageclf.splitting import make_split
 from tests.helpers import CLASSES, PROJECT, dvc_repro, make_image_folder, set_params
@@ -140,9 +140,9 @@ def test_a_test_images_folder_without_labels_is_refused_with_one_line(tmp_path: 
     photos = tmp_path / "photos"
     photos.mkdir()
     Image.new("RGB", (40, 30), (200, 60, 60)).save(photos / "unknown.jpg")
-    saved = load_model(save_always_cat(tmp_path / "model.pt"))
+    model = load_predictor(save_always_cat(tmp_path / "model.pt"))
     with pytest.raises(UserError, match=f"evaluate.test_images '{photos}' holds no labelled images: put them in class"):
-        score_test_images(saved, photos, load_params(PROJECT / "params.yaml"))
+        score_test_images(model, photos, load_params(PROJECT / "params.yaml"))
 
 
 def write_evaluate_params(tmp_path: Path, **values: object) -> Path:

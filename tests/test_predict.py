@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import functional as F
 
 from imageclf.errors import UserError
 from imageclf.evaluation import load_model_for
+from imageclf.export import torch_predictor
+from imageclf.images import open_rgb, to_square
 from imageclf.inference import ViewTransform, label_from_path, predict_files
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
 from imageclf.views import TTA
-from tests.helpers import CLASS_COLOURS, CLASSES, copy_project, dvc_repro, make_image_folder, tiny_params
+from tests.helpers import CLASS_COLOURS, CLASSES, PROJECT, copy_project, dvc_repro, make_image_folder, tiny_params
 
 # A model whose head ignores the image and always favours cat: softmax([1, 0, 0])
 CAT_CONFIDENCE = math.e / (math.e + 2)
@@ -190,9 +193,10 @@ def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) ->
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
     saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+    predictor = torch_predictor(saved)
     paths = sorted(photos.rglob("*.jpg"))
-    batched = list(predict_files(saved, paths, "flip", batch_size=4))
-    single = list(predict_files(saved, paths, "flip", batch_size=1))
+    batched = list(predict_files(predictor, paths, "flip", batch_size=4))
+    single = list(predict_files(predictor, paths, "flip", batch_size=1, decode_threads=0))
     assert [p.path for p in batched] == paths
     assert [p.error != "" for p in batched] == [path.name == "broken.jpg" for path in paths]
     for one, other in zip(batched, single, strict=True):
@@ -228,3 +232,13 @@ def test_a_model_for_other_classes_or_no_model_is_named(tmp_path: Path, always_c
     (tmp_path / "fake.pt").write_bytes(b"junk")
     result = run("predict", "x.jpg", "--model", "fake.pt", cwd=tmp_path)
     assert result.returncode == 1 and result.stderr.startswith("error: 'fake.pt' is not a model file")
+
+
+@pytest.mark.parametrize("architecture", ["efficientnet_lite0", "resnet18"])
+def test_numpy_preprocessing_gives_torchvisions_tensor_values_exactly(architecture: str) -> None:
+    """Exported models are fed by NumPy alone: the values must be those torch computes, bit for bit."""
+    preprocessing = preprocessing_for(architecture, 96)
+    for path in sorted((PROJECT / "data/sample").rglob("*.jpg"))[::10]:
+        photo = open_rgb(path, min_side=96)
+        expected = F.normalize(F.to_tensor(to_square(photo, 96)), preprocessing.mean, preprocessing.std)
+        assert preprocessing(photo).tobytes() == expected.numpy().tobytes(), path

@@ -1,0 +1,245 @@
+"""`imageclf export` and prediction with the exported files: PyTorch's probabilities, metadata that other programs
+can read, reproducible int8, one-line errors, nothing half-written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import openvino
+import pytest
+import torch
+
+from imageclf.errors import UserError
+from imageclf.export import export_command
+from imageclf.features import content_digest
+from imageclf.images import open_rgb
+from imageclf.inference import load_predictor
+from imageclf.manifest import Record, write_manifest
+from imageclf.models import SavedModel, create_model, preprocessing_for, save_model
+from imageclf.runtimes import onnx_model
+from tests.helpers import CLASSES, PROJECT
+
+IMAGE_SIZE = 128
+SAMPLE = sorted((PROJECT / "data/sample").rglob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/model.pt of Lite0 with a head trained on the sample, and data/split/train holding the sample."""
+    root = tmp_path_factory.mktemp("project")
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", len(CLASSES), IMAGE_SIZE, pretrained=True).eval()
+    preprocessing = preprocessing_for("efficientnet_lite0", IMAGE_SIZE)
+    with torch.inference_mode():
+        batch = np.stack([preprocessing(open_rgb(path, min_side=IMAGE_SIZE)) for path in SAMPLE])
+        features = model.backbone(torch.from_numpy(batch))
+    labels = torch.tensor([CLASSES.index(path.parent.name) for path in SAMPLE])
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=0.01)
+    for _ in range(200):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model.head(features.clone()), labels).backward()
+        optimizer.step()
+    save_model(root / "models/model.pt", SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing))
+    records = [
+        Record(str(path.relative_to(PROJECT / "data/sample")), path.parent.name, content_digest(path), str(path))
+        for path in SAMPLE
+    ]
+    train = root / "data/split/train"
+    for record in records:
+        (train / record.path).parent.mkdir(parents=True, exist_ok=True)
+        (train / record.path).write_bytes(Path(record.source).read_bytes())
+    write_manifest(train, records)
+    return root / "models/model.pt"
+
+
+def pytorch_probabilities(model_path: Path) -> np.ndarray:
+    from imageclf.models import load_model
+
+    saved = load_model(model_path)
+    batch = np.stack([saved.preprocessing(open_rgb(path, min_side=IMAGE_SIZE)) for path in SAMPLE])
+    with torch.inference_mode():
+        return saved.model(torch.from_numpy(batch)).softmax(dim=1).numpy()
+
+
+def exported_probabilities(path: Path) -> np.ndarray:
+    predictor = load_predictor(path)
+    batch = np.stack([predictor.preprocessing(open_rgb(image, min_side=IMAGE_SIZE)) for image in SAMPLE])
+    return predictor.probabilities(batch)
+
+
+def export(model_file: Path, output: Path, format_name: str, precision: str = "fp32", softmax: bool = False) -> Path:
+    train = model_file.parent.parent / "data/split/train"
+    export_command(model_file, format_name, precision, softmax, output, train, seed=42)
+    return output
+
+
+def embedded_metadata(path: Path) -> dict:
+    """The metadata as another program reads it: with the runtime alone, nothing from this project."""
+    if path.suffix == ".onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return json.loads(session.get_modelmeta().custom_metadata_map["imageclf"])
+    return json.loads(openvino.Core().read_model(str(path)).get_rt_info(["imageclf"]).astype(str))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("format_name", "suffix", "softmax"), [("onnx", ".onnx", False), ("openvino", ".xml", True)])
+def test_fp32_exports_give_pytorchs_probabilities_and_carry_classes_and_preprocessing(
+    model_file: Path, tmp_path: Path, format_name: str, suffix: str, softmax: bool
+) -> None:
+    exported = export(model_file, tmp_path / f"model{suffix}", format_name, softmax=softmax)
+    reference = pytorch_probabilities(model_file)
+    assert [CLASSES[index] for index in reference.argmax(axis=1)] == [path.parent.name for path in SAMPLE]
+    np.testing.assert_allclose(exported_probabilities(exported), reference, atol=1e-3)
+    metadata = embedded_metadata(exported)
+    assert metadata["classes"] == CLASSES and metadata["image_size"] == IMAGE_SIZE
+    preprocessing = preprocessing_for("efficientnet_lite0", IMAGE_SIZE)
+    assert (metadata["mean"], metadata["std"]) == (list(preprocessing.mean), list(preprocessing.std))
+    assert metadata["softmax"] is softmax
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("format_name", "suffix"), [("onnx", ".onnx"), ("openvino", ".xml")])
+def test_int8_exports_keep_pytorchs_labels_and_the_same_seed_gives_the_same_file(
+    model_file: Path, tmp_path: Path, format_name: str, suffix: str
+) -> None:
+    first = export(model_file, tmp_path / f"first{suffix}", format_name, "int8")
+    again = export(model_file, tmp_path / f"again{suffix}", format_name, "int8")
+    weights = (lambda path: path.with_suffix(".bin")) if format_name == "openvino" else (lambda path: path)
+    assert weights(first).read_bytes() == weights(again).read_bytes()
+    reference, quantized = pytorch_probabilities(model_file), exported_probabilities(first)
+    assert not np.allclose(quantized, reference, atol=1e-6), "int8 computes in integers: close, not equal"
+    assert (quantized.argmax(axis=1) == reference.argmax(axis=1)).all()
+    assert embedded_metadata(first)["precision"] == "int8"
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`imageclf ARGS` in a fresh interpreter that reports its imports (-X importtime) on stderr."""
+    code = "from imageclf.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code, *args], cwd=cwd, capture_output=True, text=True, env=env
+    )
+
+
+def imported(result: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
+@pytest.mark.slow
+def test_predict_on_an_export_gives_model_pts_labels_without_importing_torch(model_file: Path, tmp_path: Path) -> None:
+    exported = export(model_file, tmp_path / "model.onnx", "onnx")
+    labels = {}
+    for model in (model_file, exported):
+        result = run_cli("predict", str(PROJECT / "data/sample"), "--model", str(model), "--json", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        labels[model] = [row["label"] for row in json.loads(result.stdout)]
+    assert labels[exported] == labels[model_file] and len(labels[exported]) == len(SAMPLE)
+    assert "torch" not in imported(result)
+
+
+@pytest.mark.slow
+def test_model_pt_is_compiled_once_then_predicted_without_importing_torch(model_file: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "IMAGECLF_FEATURE_CACHE": str(tmp_path / "cache")}
+    photo = str(SAMPLE[0])
+    first = run_cli("predict", photo, "--model", str(model_file), cwd=tmp_path, env=env)
+    second = run_cli("predict", photo, "--model", str(model_file), cwd=tmp_path, env=env)
+    assert first.returncode == second.returncode == 0, first.stderr[-2000:]
+    assert "torch" in imported(first) and "torch" not in imported(second)
+    assert first.stdout == second.stdout
+    assert len(list((tmp_path / "cache/models").glob("*.onnx"))) == 1
+
+
+@pytest.mark.slow
+def test_a_damaged_or_foreign_export_is_one_line_naming_it(model_file: Path, tmp_path: Path) -> None:
+    exported = export(model_file, tmp_path / "model.onnx", "onnx")
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(exported.read_bytes()[: len(exported.read_bytes()) // 2])
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes(onnx_model(create_model("efficientnet_lite0", 3, 64, pretrained=False), (1, 3, 64, 64)))
+    xml_alone = tmp_path / "alone.xml"
+    export(model_file, tmp_path / "whole.xml", "openvino")
+    xml_alone.write_bytes((tmp_path / "whole.xml").read_bytes())  # without its .bin
+    expected = {
+        damaged: "is not a readable ONNX model (",
+        foreign: "has no imageclf metadata: it was not written by imageclf export;",
+        xml_alone: "is not a readable OpenVINO model with its .bin beside it (",
+    }
+    for path, message in expected.items():
+        result = subprocess.run(
+            ["imageclf", "predict", str(SAMPLE[0]), "--model", str(path)], capture_output=True, text=True
+        )
+        assert result.returncode == 1
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: '{path}' {message}"), result.stderr
+
+
+@pytest.mark.parametrize(("module", "suffix"), [("onnxruntime", ".onnx"), ("openvino", ".xml")])
+def test_a_runtime_that_is_not_installed_is_one_line_saying_how_to_do_without(
+    module: str, suffix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(b"")
+    monkeypatch.setitem(sys.modules, module, None)  # what `import` sees when the package is not installed
+    with pytest.raises(UserError) as error:
+        load_predictor(path)
+    assert str(error.value) == (
+        f"'{path}' needs {module}, which is not installed: pip install {module}, or predict with the model.pt it "
+        "was exported from (--model models/model.pt)"
+    )
+
+
+def test_export_to_a_format_whose_runtime_is_not_installed_names_the_pip_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(UserError) as error:
+        export_command(tmp_path / "model.pt", "openvino", "fp32", False, None, tmp_path, 42)
+    assert str(error.value) == (
+        "imageclf export --format openvino needs openvino, which is not installed: pip install openvino nncf, "
+        "or use --format onnx"
+    )
+
+
+@pytest.mark.slow
+def test_an_interrupted_export_leaves_nothing_in_the_target_folder(model_file: Path, tmp_path: Path) -> None:
+    target = tmp_path / "exports"
+    target.mkdir()
+    command = [
+        "imageclf",
+        "export",
+        "--model",
+        str(model_file),
+        "--format",
+        "onnx",
+        "--precision",
+        "int8",
+        "--calibration",
+        str(model_file.parent.parent / "data/split/train"),
+        "--seed",
+        "1",
+        "--output",
+        str(target / "model.onnx"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(target.iterdir()) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [path.name.startswith(".model.onnx.") for path in target.iterdir()] == [True], "the export is staged"
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and stderr.strip().endswith("interrupted")
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_without_onnxruntime_model_pt_is_predicted_on_pytorch(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGECLF_FEATURE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    np.testing.assert_allclose(exported_probabilities(model_file), pytorch_probabilities(model_file), atol=1e-6)
+    assert not (tmp_path / "cache").exists()

@@ -10,7 +10,8 @@ import hashlib
 import io
 import json
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -458,33 +459,43 @@ def train_classifier(
     pass over every image; there `train.weight_decay: auto` picks the head's L2 strength by the val loss. In the
     other modes every candidate would be a whole training run, so `auto` means 0 (no L2).
     """
-    network: nn.Module = model  # what fit trains: the whole classifier, or its head on precomputed features
-    train_inputs: Dataset = train_data
-    val_inputs: Dataset = val_data
-    if config.mode == "transfer_learning":
-        model.backbone.requires_grad_(False)
-        if rank() > 0:
-            torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
-        extractor = feature_extractor(
-            config.model,
-            model.backbone,
-            config.backbone_runtime,
-            config.backbone_precision,
-            device,
-            train_data,
-            config.seed,
-        )
-        train_inputs, val_inputs = (
-            cached_features(extractor, data, name).dataset for data, name in ((train_data, "train"), (val_data, "val"))
-        )
-        if rank() == 0 and is_distributed():
-            torch.distributed.barrier()
-        network = model.head
+    if config.mode != "transfer_learning":
         if config.weight_decay == WEIGHT_DECAY_AUTO:
-            return fit_choosing_weight_decay(network, train_inputs, val_inputs, config, device)
-    if config.weight_decay == WEIGHT_DECAY_AUTO:
-        config = replace(config, weight_decay=0.0)
-    return fit(network, train_inputs, val_inputs, config, device, checkpointing)
+            config = replace(config, weight_decay=0.0)
+        return fit(model, train_data, val_data, config, device, checkpointing)
+    model.backbone.requires_grad_(False)
+    if rank() > 0:
+        torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
+    extractor = feature_extractor(
+        config.model,
+        model.backbone,
+        config.backbone_runtime,
+        config.backbone_precision,
+        device,
+        train_data,
+        config.seed,
+    )
+    train_inputs, val_inputs = (
+        cached_features(extractor, data, name).dataset for data, name in ((train_data, "train"), (val_data, "val"))
+    )
+    if rank() == 0 and is_distributed():
+        torch.distributed.barrier()
+    # A head's matrices are too small to share out: on a busy 2-core CPU a second thread made each epoch 26 × slower.
+    with torch_threads(1):
+        if config.weight_decay == WEIGHT_DECAY_AUTO:
+            return fit_choosing_weight_decay(model.head, train_inputs, val_inputs, config, device)
+        return fit(model.head, train_inputs, val_inputs, config, device, checkpointing)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """PyTorch's CPU threads set to `count` inside, and restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDataset) -> str:

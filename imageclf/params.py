@@ -3,6 +3,7 @@
 from collections.abc import Collection
 from dataclasses import dataclass, fields
 from pathlib import Path
+from types import UnionType
 from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
@@ -19,6 +20,7 @@ MONITORS = ("val_loss", "val_accuracy")
 CLASS_WEIGHTS = ("none", "balanced")
 SAMPLERS = ("shuffle", "weighted")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+WEIGHT_DECAY_AUTO = "auto"  # train.weight_decay chosen on the val split (training.fit_choosing_weight_decay)
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class TrainParams:
     lr: float
     momentum: float
     nesterov: bool
-    weight_decay: float
+    weight_decay: float | str  # a number, or WEIGHT_DECAY_AUTO
     backbone_lr_scale: float
     warmup_epochs: int
     dropout: float
@@ -147,6 +149,15 @@ def _build(cls: type, raw: Any, prefix: str, path: Path) -> Any:
 
 def _checked_type(value: Any, hint: Any, key: str, path: Path) -> Any:
     origin = get_origin(hint)
+    if origin is UnionType:
+        options = get_args(hint)
+        for option in options:
+            try:
+                return _checked_type(value, option, key, path)
+            except UserError:
+                continue
+        names = " or ".join(option.__name__ for option in options)
+        raise UserError(f"{path}: '{key}' must be {names}, got {value!r}")
     if origin is list:
         (item_type,) = get_args(hint)
         if not isinstance(value, list) or not all(isinstance(item, item_type) for item in value):
@@ -233,7 +244,14 @@ def _check_train(train: TrainParams, path: Path) -> None:
         train.nesterov,
         "Nesterov momentum needs train.optimizer: sgd and train.momentum above 0",
     )
-    _require(train.weight_decay >= 0, path, "train.weight_decay", train.weight_decay, "it must be 0 or more")
+    weight_decay = train.weight_decay
+    _require(
+        weight_decay == WEIGHT_DECAY_AUTO if isinstance(weight_decay, str) else weight_decay >= 0,
+        path,
+        "train.weight_decay",
+        weight_decay,
+        f"give {WEIGHT_DECAY_AUTO} (chosen on the val split) or a number 0 or more",
+    )
     _require(
         train.backbone_lr_scale > 0, path, "train.backbone_lr_scale", train.backbone_lr_scale, "it must be above 0"
     )

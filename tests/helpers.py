@@ -54,8 +54,9 @@ def copy_project(destination: Path, **params: object) -> Path:
 
 
 def train_config(**changes: object) -> TrainParams:
-    """The shipped `train` params with `changes` (for calling the training functions directly)."""
-    return dataclasses.replace(load_params(PROJECT / "params.yaml").train, **changes)
+    """The shipped `train` params with `changes` (for calling the training functions directly), and a fixed
+    `weight_decay` unless changed: `fit` trains one head with a given L2 strength; choosing it is its caller's job."""
+    return dataclasses.replace(load_params(PROJECT / "params.yaml").train, **{"weight_decay": 0.0, **changes})
 
 
 def set_params(project: Path, **params: object) -> None:

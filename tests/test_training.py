@@ -21,10 +21,12 @@ from imageclf.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedul
 from imageclf.params import TrainParams, load_params
 from imageclf.splitting import make_split
 from imageclf.training import (
+    WEIGHT_DECAY_GRID,
     Checkpointing,
     build_sampler,
     class_weights,
     fit,
+    fit_choosing_weight_decay,
     parameter_groups,
     run_fingerprint,
     train_classifier,
@@ -102,6 +104,43 @@ def test_fit_leaves_the_model_holding_its_best_epoch_not_its_last() -> None:
     assert recomputed == pytest.approx(min(val_losses), abs=1e-5)
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in result.best_state.items())
     assert result.summary()["best"]["val_loss"] == min(val_losses)
+
+
+def test_auto_weight_decay_keeps_the_val_best_strength_trained_as_a_fixed_run_would() -> None:
+    """Val labels half wrong punish a confident head, so a strong L2 wins; clean ones reward it, so a weak one does."""
+    config = train_config(weight_decay="auto", lr=0.3, epochs=10, batch_size=16)
+    train_data = features(60, seed=1)
+    chosen = {}
+    for case, val_data in (("punished", mislabelled(30, seed=2, every=2)), ("rewarded", features(30, seed=2))):
+        model = head()
+        result = fit_choosing_weight_decay(model, train_data, val_data, config, CPU)
+        losses = result.val_loss_by_weight_decay
+        assert list(losses) == list(WEIGHT_DECAY_GRID)
+        assert result.weight_decay == min(losses, key=losses.__getitem__)
+        assert result.summary()["weight_decay"] == result.weight_decay
+        fixed = head()
+        fit(fixed, train_data, val_data, dataclasses.replace(config, weight_decay=result.weight_decay), CPU)
+        assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in fixed.state_dict().items())
+        chosen[case] = result.weight_decay
+    assert chosen["punished"] >= 0.03 and chosen["rewarded"] <= 0.001, chosen
+
+
+def test_auto_weight_decay_is_chosen_in_transfer_learning_and_named_in_params(tmp_path: Path) -> None:
+    train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
+    result = train_classifier(model, train_data, val_data, train_config(weight_decay="auto", epochs=2), CPU)
+    summary = result.summary()
+    assert list(summary["val_loss_by_weight_decay"]) == [str(strength) for strength in WEIGHT_DECAY_GRID]
+    assert summary["weight_decay"] == result.weight_decay in WEIGHT_DECAY_GRID
+
+    values = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert values["train"]["weight_decay"] == "auto"
+    path = tmp_path / "params.yaml"
+    for refused in ("strong", -0.1):
+        values["train"]["weight_decay"] = refused
+        path.write_text(yaml.safe_dump(values))
+        with pytest.raises(UserError, match=rf"'train.weight_decay' is {refused!r}; give auto "):
+            load_params(path)
 
 
 @pytest.mark.slow

@@ -65,7 +65,12 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
 
 @pytest.mark.parametrize(
     ("runtime", "precision", "threads"),
-    [("torch", "fp32", 1), ("torch", "fp32", 2), ("onnxruntime", "fp32", 2), ("openvino", "int8", 2)],
+    [
+        ("torch", "fp32", 1),
+        pytest.param("torch", "fp32", 2, marks=pytest.mark.slow),
+        pytest.param("onnxruntime", "fp32", 2, marks=pytest.mark.slow),
+        pytest.param("openvino", "int8", 2, marks=pytest.mark.slow),
+    ],
 )
 def test_a_warm_cache_gives_the_features_a_cold_one_does_and_leaves_the_backbone_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, runtime: str, precision: str, threads: int

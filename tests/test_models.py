@@ -42,6 +42,7 @@ def test_original_is_the_study_groups_cnn() -> None:
     assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["efficientnet_lite0", "tf_efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 )

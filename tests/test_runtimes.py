@@ -12,6 +12,8 @@ from imageclf.models import create_model, packaged_efficientnet_lite0_weights, p
 from imageclf.runtimes import BACKBONE_RUNTIMES, compile_backbone
 from tests.helpers import CLASSES, PROJECT
 
+pytestmark = pytest.mark.slow  # each test compiles a backbone on ONNX Runtime or OpenVINO
+
 FAST_RUNTIMES = [name for name in BACKBONE_RUNTIMES if name != "torch"]
 IMAGENET_CLASSES = {"cat": range(281, 286), "dog": range(151, 269), "horse": range(339, 340)}
 

@@ -106,6 +106,7 @@ def test_fit_leaves_the_model_holding_its_best_epoch_not_its_last() -> None:
     assert result.summary()["best"]["val_loss"] == min(val_losses)
 
 
+@pytest.mark.slow
 def test_auto_weight_decay_keeps_the_val_best_strength_trained_as_a_fixed_run_would() -> None:
     """Val labels half wrong punish a confident head, so a strong L2 wins; clean ones reward it, so a weak one does."""
     config = train_config(weight_decay="auto", lr=0.3, epochs=10, batch_size=16)

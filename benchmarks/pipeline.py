@@ -20,8 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from imageclf.inference import labelled_scores, predict_folder
-from imageclf.models import load_model
+from imageclf.inference import labelled_scores, load_predictor, predict_folder
 
 PROJECT = Path(__file__).resolve().parent.parent
 STAGES = ("split", "augment", "train", "evaluate")
@@ -67,13 +66,13 @@ def repro_seconds(work: Path, environment: dict[str, str], *options: str) -> flo
 def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict:
     """The scores of a labelled folder (the keys of metrics/evaluate.json), and how many of its photos `predict`
     reads and classifies per second."""
-    saved = load_model(model_path)
+    predictor = load_predictor(model_path)
     start = time.perf_counter()
-    results, unreadable = predict_folder(saved, folder, tta, 64, description="hold-out")
+    results, unreadable = predict_folder(predictor, folder, tta, 64, description="hold-out")
     seconds = time.perf_counter() - start
     images_per_second = round((len(results) + len(unreadable)) / seconds, 1)
     return {
-        "holdout": labelled_scores(results, saved.classes, unreadable=len(unreadable)),
+        "holdout": labelled_scores(results, predictor.classes, unreadable=len(unreadable)),
         "predict_images_per_second": images_per_second,
     }
 

@@ -12,9 +12,8 @@ import json
 import time
 from pathlib import Path
 
-from imageclf.inference import files_to_predict, label_from_path, predict_files
+from imageclf.inference import files_to_predict, label_from_path, load_predictor, predict_files
 from imageclf.manifest import read_manifest
-from imageclf.models import load_model
 from imageclf.views import TTA
 
 
@@ -37,13 +36,13 @@ def main() -> None:
     parser.add_argument("--tta", nargs="+", choices=TTA, default=list(TTA))
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
-    saved = load_model(args.model)
-    for name, (paths, labels) in labelled_files(args, saved.classes).items():
+    predictor = load_predictor(args.model)
+    for name, (paths, labels) in labelled_files(args, predictor.classes).items():
         for tta in args.tta:
             start = time.perf_counter()
-            predictions = list(predict_files(saved, paths, tta, args.batch_size, description=f"{tta} {name}"))
+            predictions = list(predict_files(predictor, paths, tta, args.batch_size, description=f"{tta} {name}"))
             seconds = time.perf_counter() - start
-            predicted = [saved.classes[prediction.probabilities.argmax()] for prediction in predictions]
+            predicted = [predictor.classes[prediction.probabilities.argmax()] for prediction in predictions]
             misses = [
                 f"{path.name}: {label} -> {guess}"
                 for path, label, guess in zip(paths, labels, predicted, strict=True)

@@ -122,6 +122,17 @@ def lr_find(args: argparse.Namespace) -> int:
     return lr_find_command(args.train_dir, args.val_dir, args.steps, args.plot)
 
 
+def add_model_file_argument(parser: argparse.ArgumentParser) -> None:
+    """`--model FILE`: a model file (models/model.pt, or an export), as opposed to an architecture name."""
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=Path("models/model.pt"),
+        metavar="FILE",
+        help="the train stage's models/model.pt (default) or a file imageclf export wrote (.onnx, .xml)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imageclf", description="Use a model trained by the DVC pipeline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -131,13 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Classify images; in class folders or named <class>_*.jpg, also print the accuracy and misses.",
     )
     predict_parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image file or a folder")
-    predict_parser.add_argument(
-        "--model",
-        type=Path,
-        default=Path("models/model.pt"),
-        metavar="FILE",
-        help="the model file the train stage wrote (default: models/model.pt)",
-    )
+    add_model_file_argument(predict_parser)
     predict_parser.add_argument("--top-k", type=positive_int, default=3, help="classes to list per image (3)")
     predict_parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     predict_parser.add_argument(
@@ -163,9 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are inside the file as JSON under the key 'imageclf' (ONNX metadata_props, OpenVINO rt_info).",
     )
     export_parser.add_argument("--format", choices=EXPORT_FORMATS, required=True)
-    export_parser.add_argument(
-        "--model", type=Path, default=Path("models/model.pt"), metavar="FILE", help="(default: models/model.pt)"
-    )
+    add_model_file_argument(export_parser)
     export_parser.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32", help="(default: fp32)")
     export_parser.add_argument("--softmax", action="store_true", help="output probabilities instead of logits")
     export_parser.add_argument(
@@ -222,13 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a web page and JSON API to try the model on your own photos",
         description="Serve a page (drop or take photos, see each one's classes) and POST /predict, GET /health.",
     )
-    serve_parser.add_argument(
-        "--model",
-        type=Path,
-        default=Path("models/model.pt"),
-        metavar="FILE",
-        help="the model file the train stage wrote (default: models/model.pt)",
-    )
+    add_model_file_argument(serve_parser)
     serve_parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
     )

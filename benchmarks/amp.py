@@ -29,7 +29,7 @@ from imageclf.errors import UserError, exits_cleanly
 from imageclf.manifest import ImageDataset
 from imageclf.models import Classifier, create_model, preprocessing_for
 from imageclf.optim import build_optimizer
-from imageclf.params import DEVICES, WEIGHT_DECAY_AUTO, TrainParams, load_params
+from imageclf.params import DEVICES, TrainParams, load_params
 from imageclf.training import parameter_groups, run_epoch, seed_everything
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -83,12 +83,8 @@ def main() -> None:
         raise UserError(f"--folder '{args.folder}' is not a folder: give one with a subfolder per class")
     params = load_params(PROJECT / "params.yaml")
     config = dataclasses.replace(
-        params.train,
-        model=args.model or params.train.model,
-        mode="fine_tuning",
-        batch_size=args.batch_size,
-        weight_decay=0.0 if params.train.weight_decay == WEIGHT_DECAY_AUTO else params.train.weight_decay,
-    )  # train.weight_decay: auto is 0 outside transfer learning, as in training.train_classifier
+        params.train, model=args.model or params.train.model, mode="fine_tuning", batch_size=args.batch_size
+    )
     image_size = args.image_size or params.data.image_size
     device = select_device(args.device)
     data = in_memory(args.folder, params.data.classes, config.model, image_size)

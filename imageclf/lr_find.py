@@ -19,12 +19,11 @@ from torch.utils.data import DataLoader
 
 from imageclf.device import select_device
 from imageclf.errors import UserError
-from imageclf.features import cached_features
 from imageclf.manifest import ImageDataset
 from imageclf.models import create_model, preprocessing_for
 from imageclf.optim import build_optimizer
 from imageclf.params import Params, load_params
-from imageclf.training import data_loaders, loss_functions, parameter_groups, seed_everything
+from imageclf.training import data_loaders, frozen_features, loss_functions, parameter_groups, seed_everything
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -99,11 +98,7 @@ def range_test_from_params(params: Params, train_dir: Path, val_dir: Path, steps
     val_data = ImageDataset.from_manifest(val_dir, data.classes, preprocessing)
     network: nn.Module = model
     if config.mode == "transfer_learning":
-        model.backbone.requires_grad_(False)
-        train_data, val_data = (
-            cached_features(config.model, model.backbone, dataset, device, name).dataset
-            for dataset, name in ((train_data, "train"), (val_data, "val"))
-        )
+        train_data, val_data = frozen_features(model, train_data, val_data, config, device)
         network = model.head
     network.to(device)
     train_loss, _ = loss_functions(train_data, val_data, config, device)

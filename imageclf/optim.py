@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,10 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, TrainParams], Schedule]] =
 
 
 def build_optimizer(groups: list[dict], config: TrainParams) -> torch.optim.Optimizer:
+    """`train.weight_decay: auto` counts as 0 here: `training.fit_choosing_weight_decay` hands each candidate head
+    its number, and everywhere else (fine-tuning, from zero, lr-find, the benchmarks) auto means no L2."""
+    if isinstance(config.weight_decay, str):
+        config = dataclasses.replace(config, weight_decay=0.0)
     return OPTIMIZERS[config.optimizer](groups, config)
 
 

@@ -425,27 +425,59 @@ WEIGHT_DECAY_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
 
 def fit_choosing_weight_decay(
-    model: nn.Module, train_data: Dataset, val_data: Dataset, config: TrainParams, device: torch.device
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    config: TrainParams,
+    device: torch.device,
+    on_epoch: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
     """`fit` once per strength of WEIGHT_DECAY_GRID and keep the head whose best epoch has the lowest val loss
     (on a tie the weaker L2): a strength chosen on data the head does not train on, not by hand.
 
     Each candidate starts from the same initial weights and random state, so the kept head is the one a run
     with that fixed `train.weight_decay` trains. Meant for a head on cached features, which trains in about a
-    second; there is no checkpoint to resume.
+    second; there is no checkpoint to resume. `on_epoch` follows the candidate being trained.
     """
     initial_weights, random_state = copy.deepcopy(model.state_dict()), torch.get_rng_state()
     results = []
     for weight_decay in WEIGHT_DECAY_GRID:
         model.load_state_dict(initial_weights)
         torch.set_rng_state(random_state)
-        results.append(fit(model, train_data, val_data, replace(config, weight_decay=weight_decay), device))
+        results.append(
+            fit(model, train_data, val_data, replace(config, weight_decay=weight_decay), device, on_epoch=on_epoch)
+        )
     best = min(results, key=lambda result: result.best_val_loss)  # the first of equals: the weaker L2
     model.load_state_dict(best.best_state)
     best.val_loss_by_weight_decay = {result.weight_decay: result.best_val_loss for result in results}
     if rank() == 0:
         print(f"train.weight_decay auto: {best.weight_decay} (val loss {best.best_val_loss:.4f})")
     return best
+
+
+def frozen_features(
+    model: Classifier, train_data: ImageDataset, val_data: ImageDataset, config: TrainParams, device: torch.device
+) -> tuple[TensorDataset, TensorDataset]:
+    """What the head trains on in transfer learning: the frozen backbone's features of both sets, from the
+    feature cache or computed once on `train.backbone_runtime`."""
+    model.backbone.requires_grad_(False)
+    if rank() > 0:
+        torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
+    extractor = feature_extractor(
+        config.model,
+        model.backbone,
+        config.backbone_runtime,
+        config.backbone_precision,
+        device,
+        train_data,
+        config.seed,
+    )
+    train_inputs, val_inputs = (
+        cached_features(extractor, data, name).dataset for data, name in ((train_data, "train"), (val_data, "val"))
+    )
+    if rank() == 0 and is_distributed():
+        torch.distributed.barrier()
+    return train_inputs, val_inputs
 
 
 def train_classifier(
@@ -468,27 +500,11 @@ def train_classifier(
         if config.weight_decay == WEIGHT_DECAY_AUTO:
             config = replace(config, weight_decay=0.0)
         return fit(model, train_data, val_data, config, device, checkpointing, on_epoch)
-    model.backbone.requires_grad_(False)
-    if rank() > 0:
-        torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
-    extractor = feature_extractor(
-        config.model,
-        model.backbone,
-        config.backbone_runtime,
-        config.backbone_precision,
-        device,
-        train_data,
-        config.seed,
-    )
-    train_inputs, val_inputs = (
-        cached_features(extractor, data, name).dataset for data, name in ((train_data, "train"), (val_data, "val"))
-    )
-    if rank() == 0 and is_distributed():
-        torch.distributed.barrier()
+    train_inputs, val_inputs = frozen_features(model, train_data, val_data, config, device)
     # A head's matrices are too small to share out: on a busy 2-core CPU a second thread made each epoch 26 × slower.
     with torch_threads(1):
         if config.weight_decay == WEIGHT_DECAY_AUTO:
-            return fit_choosing_weight_decay(model.head, train_inputs, val_inputs, config, device)
+            return fit_choosing_weight_decay(model.head, train_inputs, val_inputs, config, device, on_epoch)
         return fit(model.head, train_inputs, val_inputs, config, device, checkpointing, on_epoch)
 
 

@@ -145,9 +145,9 @@ def refusal(upload: Upload) -> tuple[int, str] | None:
     return None
 
 
-def prediction_json(saved: inference.Predictor, prediction: Prediction, name: str) -> dict:
+def prediction_json(model: inference.Predictor, prediction: Prediction, name: str) -> dict:
     """The object `imageclf predict --json` prints for one file, the upload's name as its path."""
-    result = labelled_result(Prediction(Path(name), prediction.probabilities), Path(name), saved.classes)
+    result = labelled_result(Prediction(Path(name), prediction.probabilities), Path(name), model.classes)
     return {
         "path": str(result.path),
         "label": result.label,
@@ -156,11 +156,11 @@ def prediction_json(saved: inference.Predictor, prediction: Prediction, name: st
     } | ({"true_label": result.true_label} if result.true_label else {})
 
 
-class Predictor:
-    """The model, loaded once, and a lock: one forward pass at a time (torch already uses every core for one)."""
+class UploadClassifier:
+    """The model, loaded once, and a lock: one forward pass at a time (the runtime already uses every core for one)."""
 
-    def __init__(self, saved: inference.Predictor):
-        self.saved = saved
+    def __init__(self, model: inference.Predictor):
+        self.model = model
         self.lock = threading.Lock()
 
     def predict(self, uploads: list[Upload]) -> tuple[int, list[dict]]:
@@ -169,13 +169,13 @@ class Predictor:
         refusals = [refusal(upload) for upload in uploads]
         accepted = [bytes(upload.content) for upload, refused in zip(uploads, refusals, strict=True) if not refused]
         with self.lock:
-            predictions = iter(list(predict_files(self.saved, accepted, DEFAULT_TTA, max(1, len(accepted)))))
+            predictions = iter(list(predict_files(self.model, accepted, DEFAULT_TTA, max(1, len(accepted)))))
         results, status = [], 200
         for upload, refused in zip(uploads, refusals, strict=True):
             if refused is None:
                 prediction = next(predictions)
                 if prediction.probabilities is not None:
-                    results.append(prediction_json(self.saved, prediction, upload.name))
+                    results.append(prediction_json(self.model, prediction, upload.name))
                     continue
                 refused = 422, f"cannot decode the image: {prediction.error}"
             if status == 200:
@@ -197,9 +197,9 @@ def metrics_info(metrics_dir: Path) -> dict:
     }
 
 
-def create_app(saved: inference.Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
+def create_app(model: inference.Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
     """The page and the API around one loaded model; `metrics_dir` holds evaluate.json and plots/ of that model."""
-    predictor = Predictor(saved)
+    classifier = UploadClassifier(model)
     app = FastAPI(title="imageclf", description="Try the trained model on your own photos.")
 
     @app.exception_handler(RequestError)
@@ -212,15 +212,15 @@ def create_app(saved: inference.Predictor, model_path: Path, metrics_dir: Path) 
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": str(model_path), "classes": saved.classes}
+        return {"status": "ok", "model": str(model_path), "classes": model.classes}
 
     @app.get("/info")
     async def info() -> dict:
         return {
             "model": str(model_path),
-            "architecture": saved.name,
-            "classes": saved.classes,
-            "image_size": saved.preprocessing.image_size,
+            "architecture": model.name,
+            "classes": model.classes,
+            "image_size": model.preprocessing.image_size,
             "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
         } | metrics_info(metrics_dir)
 
@@ -236,7 +236,7 @@ def create_app(saved: inference.Predictor, model_path: Path, metrics_dir: Path) 
         parser = UploadParser(request.headers.get("content-type", ""))
         async for chunk in request.stream():
             parser.feed(chunk)
-        status, results = await run_in_threadpool(predictor.predict, parser.finish())
+        status, results = await run_in_threadpool(classifier.predict, parser.finish())
         return JSONResponse(results, status_code=status)
 
     return app
@@ -262,15 +262,15 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve_command(model_path: Path, host: str, port: int) -> int:
     """`imageclf serve`: load the model, bind, warm the model up, print the address, serve until Ctrl+C."""
-    saved = load_predictor(model_path)
+    model = load_predictor(model_path)
     sock = bind(host, port)
     if host not in LOOPBACK_HOSTS:
         warn(f"listening on {host}: anyone who can reach this machine can upload photos")
     blank_png = io.BytesIO()
     Image.new("RGB", (64, 64)).save(blank_png, "PNG")
-    list(predict_files(saved, [blank_png.getvalue()], DEFAULT_TTA, 1))  # the first forward pass is the slow one
+    list(predict_files(model, [blank_png.getvalue()], DEFAULT_TTA, 1))  # the first forward pass is the slow one
     metrics_dir = model_path.resolve().parent.parent / "metrics"
-    config = uvicorn.Config(create_app(saved, model_path, metrics_dir), log_level="warning")
+    config = uvicorn.Config(create_app(model, model_path, metrics_dir), log_level="warning")
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"serving {model_path} at http://{shown_host}:{bound_port} (Ctrl+C stops)", flush=True)

@@ -169,7 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export_parser.add_argument("--format", choices=EXPORT_FORMATS, required=True)
     add_model_file_argument(export_parser)
-    export_parser.add_argument("--precision", choices=EXPORT_PRECISIONS, default="fp32", help="(default: fp32)")
+    export_parser.add_argument(
+        "--precision",
+        choices=EXPORT_PRECISIONS,
+        help="default: the backbone's precision in training (train.backbone_precision), whose graph the model file "
+        "carries, so the export predicts as evaluate did; fp32 for a model without one",
+    )
     export_parser.add_argument("--softmax", action="store_true", help="output probabilities instead of logits")
     export_parser.add_argument(
         "--output", type=Path, metavar="PATH", help="default: beside the model, model.onnx, model.xml, model-int8.*"

@@ -2,7 +2,9 @@
 
 The file carries what another program needs to use it, as one JSON text under the key `imageclf`
 (`inference.export_metadata`: class names in output order, input size, mean and std, whether the output is
-probabilities): in ONNX `metadata_props`, in OpenVINO `rt_info`. The batch size is free. int8 is calibrated on
+probabilities): in ONNX `metadata_props`, in OpenVINO `rt_info`. The batch size is free. A model trained on ONNX
+Runtime features carries that backbone graph (fp32 or int8), and its ONNX export at that precision (the default)
+is that graph with the head on top: it predicts exactly as evaluate did. Otherwise int8 is calibrated on
 training images of the split picked by a seed (`features.calibration_indices`), so the same model, images and seed
 give the same file. The files are written in a hidden folder beside the target and renamed into place: an
 interrupted export leaves nothing half-written.
@@ -33,25 +35,64 @@ from imageclf.runtimes import BACKBONE_RUNTIMES, onnx_model, quantize_onnx, quan
 CALIBRATION_BATCH_SIZE = 32
 
 
+def carries_backbone(saved: SavedModel, precision: str) -> bool:
+    """Whether the model file holds the backbone graph that computed its training features, at `precision`."""
+    return saved.backbone_onnx is not None and saved.backbone_precision == precision
+
+
 def exported_module(saved: SavedModel, softmax: bool) -> nn.Module:
     """The classifier, with a softmax after its logits when asked."""
     return nn.Sequential(saved.model, nn.Softmax(dim=1)) if softmax else saved.model
 
 
+def head_on_backbone(saved: SavedModel, softmax: bool):
+    """The model file's own backbone graph (the one that computed its training features) followed by its head:
+    a Gemm with the linear layer's weights (dropout does nothing at prediction), then a softmax if asked."""
+    import onnx
+    from onnx import TensorProto, compose, helper, numpy_helper
+
+    backbone = onnx.load_from_string(saved.backbone_onnx)
+    linear = saved.model.head[-1]
+    output = "probabilities" if softmax else "logits"
+    nodes = [helper.make_node("Gemm", ["features", "imageclf_head_weight", "imageclf_head_bias"], ["logits"], transB=1)]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], [output], axis=1))
+    head = helper.make_graph(
+        nodes,
+        "head",
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["batch", linear.in_features])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["batch", linear.out_features])],
+        [
+            numpy_helper.from_array(linear.weight.detach().numpy(), "imageclf_head_weight"),
+            numpy_helper.from_array(linear.bias.detach().numpy(), "imageclf_head_bias"),
+        ],
+    )
+    head_model = helper.make_model(head, opset_imports=backbone.opset_import, ir_version=backbone.ir_version)
+    return compose.merge_models(backbone, head_model, io_map=[(backbone.graph.output[0].name, "features")])
+
+
 def onnx_export(saved: SavedModel, softmax: bool, precision: str, calibration: list[np.ndarray]) -> bytes:
-    """The classifier as ONNX with its metadata, fp32 or int8 (`runtimes.quantize_onnx` on `calibration`)."""
+    """The classifier as ONNX with its metadata, fp32 or int8.
+
+    A model file that carries its backbone graph at `precision` is exported with that graph, so the export
+    predicts exactly as evaluate did; otherwise PyTorch exports the model, and int8 is quantized on
+    `calibration` (`runtimes.quantize_onnx`).
+    """
     import onnx
 
-    size = saved.preprocessing.image_size
-    model = onnx_model(
-        exported_module(saved, softmax),
-        (1, 3, size, size),
-        output_name="probabilities" if softmax else "logits",
-        dynamic_batch=True,
-    )
-    if precision == "int8":
-        model = quantize_onnx(model, calibration)
-    graph = onnx.load_from_string(model)
+    if carries_backbone(saved, precision):
+        graph = head_on_backbone(saved, softmax)
+    else:
+        size = saved.preprocessing.image_size
+        model = onnx_model(
+            exported_module(saved, softmax),
+            (1, 3, size, size),
+            output_name="probabilities" if softmax else "logits",
+            dynamic_batch=True,
+        )
+        if precision == "int8":
+            model = quantize_onnx(model, calibration)
+        graph = onnx.load_from_string(model)
     entry = graph.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = export_metadata(saved.name, saved.classes, saved.preprocessing, softmax, precision)
@@ -133,7 +174,7 @@ def default_output(model_path: Path, export_format: ExportFormat, precision: str
 def export_command(
     model_path: Path,
     format_name: str,
-    precision: str,
+    precision: str | None,
     softmax: bool,
     output: Path | None,
     train_dir: Path,
@@ -149,8 +190,9 @@ def export_command(
     if output.suffix != export_format.suffix:
         raise UserError(f"--output '{output}' must end in {export_format.suffix} for --format {format_name}")
     saved = load_model(model_path)
+    precision = precision or saved.backbone_precision
     calibration = []
-    if precision == "int8":
+    if precision == "int8" and not (format_name == "onnx" and carries_backbone(saved, precision)):
         if seed is None:
             from imageclf.params import load_params
 

@@ -143,7 +143,8 @@ def openvino_predictor(path: Path) -> Predictor:
 
 def pytorch_predictor(path: Path) -> Predictor:
     """A model file the train stage wrote: on ONNX Runtime when it is installed, through an ONNX export cached
-    under the model file's content hash; else on PyTorch (and on `train.device`'s automatic choice)."""
+    under the model file's content hash (with the backbone graph the file carries, fp32 or int8, when it has
+    one); else on PyTorch (and on `train.device`'s automatic choice)."""
     if importlib.util.find_spec("onnxruntime") is None:
         from imageclf.export import torch_predictor
         from imageclf.models import load_model
@@ -159,7 +160,8 @@ def pytorch_predictor(path: Path) -> Predictor:
     from imageclf.export import onnx_export
     from imageclf.models import load_model
 
-    write_atomic(compiled, onnx_export(load_model(path), softmax=True, precision="fp32", calibration=[]))
+    saved = load_model(path)
+    write_atomic(compiled, onnx_export(saved, softmax=True, precision=saved.backbone_precision, calibration=[]))
     return onnx_predictor(compiled)
 
 

@@ -283,6 +283,10 @@ class SavedModel:
     name: str
     classes: list[str]
     preprocessing: Preprocessing
+    # Transfer learning on ONNX Runtime: the backbone graph that computed the training features, and its
+    # precision (fp32 or int8), so that prediction runs the same backbone the head was trained on.
+    backbone_onnx: bytes | None = None
+    backbone_precision: str = "fp32"
 
 
 def save_model(path: Path, saved: SavedModel) -> None:
@@ -304,10 +308,19 @@ def save_model(path: Path, saved: SavedModel) -> None:
             "image_size": saved.preprocessing.image_size,
             "mean": list(saved.preprocessing.mean),
             "std": list(saved.preprocessing.std),
+            **backbone_entries(saved),
         },
         buffer,
     )
     write_atomic(Path(path), buffer.getvalue())
+
+
+def backbone_entries(saved: SavedModel) -> dict:
+    """The backbone graph as a uint8 tensor (which `weights_only` loading accepts) and its precision."""
+    if saved.backbone_onnx is None:
+        return {}
+    graph = torch.frombuffer(bytearray(saved.backbone_onnx), dtype=torch.uint8)
+    return {"backbone_onnx": graph, "backbone_precision": saved.backbone_precision}
 
 
 def load_model(path: Path) -> SavedModel:
@@ -332,4 +345,12 @@ def load_model(path: Path) -> SavedModel:
         raise UserError(
             f"'{path}' does not match the '{saved['model']}' architecture with {len(saved['classes'])} classes"
         ) from None
-    return SavedModel(model.eval(), saved["model"], list(saved["classes"]), preprocessing)
+    graph = saved.get("backbone_onnx")
+    return SavedModel(
+        model.eval(),
+        saved["model"],
+        list(saved["classes"]),
+        preprocessing,
+        None if graph is None else graph.numpy().tobytes(),
+        saved.get("backbone_precision", "fp32"),
+    )

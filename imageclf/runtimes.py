@@ -28,6 +28,7 @@ from imageclf.errors import UserError
 FeatureFunction = Callable[[np.ndarray], np.ndarray]
 PRECISIONS = ("fp32", "int8")
 CPU = torch.device("cpu")
+TORCH_ADVICE = "or set train.backbone_runtime: torch"
 
 
 @dataclass(frozen=True)
@@ -118,14 +119,21 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
         return quantized.read_bytes()
 
 
+def backbone_onnx(backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration) -> bytes:
+    """The backbone as an ONNX graph for any batch size, fp32 or int8 (`quantize_onnx` on `calibration`).
+
+    The graph that computed a model's training features is saved in its model file, so evaluate and predict run
+    the same (quantized) backbone as the head was trained on.
+    """
+    model = onnx_model(backbone, batch_shape, dynamic_batch=True)
+    return quantize_onnx(model, calibration) if precision == "int8" else model
+
+
 def onnxruntime_features(
     backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
 ) -> FeatureFunction:
-    """ONNX Runtime's CPU engine, fp32 or int8 (`quantize_onnx`)."""
-    model = onnx_model(backbone, batch_shape)
-    if precision == "int8":
-        model = quantize_onnx(model, calibration)
-    return onnxruntime_function(model, threads())
+    """ONNX Runtime's CPU engine on `backbone_onnx`."""
+    return onnxruntime_function(backbone_onnx(backbone, batch_shape, precision, calibration), threads())
 
 
 def quantize_openvino(model, calibration: Sequence[np.ndarray]):
@@ -192,7 +200,7 @@ def compile_backbone(
     the quantization; the same batches give the same quantized model.
     """
     runtime = BACKBONE_RUNTIMES[name]
-    require_modules(runtime, f"train.backbone_runtime '{name}'", "or set train.backbone_runtime: torch")
+    require_modules(runtime, f"train.backbone_runtime '{name}'", TORCH_ADVICE)
     if precision == "int8" and not calibration:
         raise ValueError("int8 needs calibration batches")
     return runtime.compile(backbone, batch_shape, precision, calibration, device)

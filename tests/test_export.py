@@ -1,6 +1,7 @@
 """`imageclf export` and prediction with the exported files: PyTorch's probabilities, metadata that other programs
 can read, reproducible int8, one-line errors, nothing half-written."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -15,14 +16,18 @@ import openvino
 import pytest
 import torch
 
+from imageclf.engines import onnxruntime_function
 from imageclf.errors import UserError
 from imageclf.export import export_command
 from imageclf.features import content_digest
 from imageclf.images import open_rgb
 from imageclf.inference import load_predictor
-from imageclf.manifest import Record, write_manifest
-from imageclf.models import SavedModel, create_model, preprocessing_for, save_model
+from imageclf.manifest import ImageDataset, Record, write_manifest
+from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
+from imageclf.params import load_params
 from imageclf.runtimes import onnx_model
+from imageclf.splitting import make_split
+from imageclf.training import train_from_params
 from tests.helpers import CLASSES, PROJECT
 
 IMAGE_SIZE = 128
@@ -243,3 +248,48 @@ def test_without_onnxruntime_model_pt_is_predicted_on_pytorch(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     np.testing.assert_allclose(exported_probabilities(model_file), pytorch_probabilities(model_file), atol=1e-6)
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.fixture(scope="module")
+def int8_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/model.pt as the train stage writes it: a head trained on ONNX Runtime int8 features of the sample."""
+    root = tmp_path_factory.mktemp("int8")
+    make_split(PROJECT / "data/sample", CLASSES, 64, 0.2, 0.2, 0, root / "data/split")
+    params = load_params(PROJECT / "params.yaml")
+    train = dataclasses.replace(
+        params.train, epochs=5, weight_decay=0.0, backbone_runtime="onnxruntime", backbone_precision="int8"
+    )
+    params = dataclasses.replace(params, data=dataclasses.replace(params.data, image_size=64), train=train)
+    saved, _ = train_from_params(params, root / "data/split/train", root / "data/split/val")
+    save_model(root / "models/model.pt", saved)
+    return root / "models/model.pt"
+
+
+@pytest.mark.slow
+def test_a_transfer_model_predicts_with_the_backbone_graph_its_head_was_trained_on(int8_model_file: Path) -> None:
+    """evaluate, predict and serve load model.pt through `load_predictor`: its probabilities must be the head's on
+    the int8 features it was trained on, not those of the fp32 PyTorch backbone."""
+    saved = load_model(int8_model_file)
+    assert saved.backbone_precision == "int8" and saved.backbone_onnx is not None
+    val = ImageDataset.from_manifest(int8_model_file.parent.parent / "data/split/val", CLASSES, saved.preprocessing)
+    batch = np.stack([val[index][0].numpy() for index in range(len(val))])
+    with torch.inference_mode():
+        fp32 = saved.model(torch.from_numpy(batch)).softmax(dim=1).numpy()
+        int8_features = torch.from_numpy(onnxruntime_function(saved.backbone_onnx, 1)(batch))
+        trained_on = saved.model.head(int8_features).softmax(dim=1).numpy()
+    predicted = load_predictor(int8_model_file).probabilities(batch)
+    np.testing.assert_allclose(predicted, trained_on, atol=1e-5)
+    assert np.abs(predicted - fp32).max() > 100 * np.abs(predicted - trained_on).max()
+
+
+@pytest.mark.slow
+def test_export_defaults_to_the_carried_graph_and_needs_no_calibration_images(
+    int8_model_file: Path, tmp_path: Path
+) -> None:
+    output = tmp_path / "model.onnx"
+    export_command(int8_model_file, "onnx", None, True, output, tmp_path / "no-such-split", seed=None)
+    assert embedded_metadata(output)["precision"] == "int8"
+    images = sorted((int8_model_file.parent.parent / "data/split/test").rglob("*.jpg"))
+    exported, model_pt = load_predictor(output), load_predictor(int8_model_file)
+    batch = np.stack([exported.preprocessing(open_rgb(path, min_side=64)) for path in images])
+    np.testing.assert_array_equal(exported.probabilities(batch), model_pt.probabilities(batch))

@@ -141,28 +141,33 @@ def openvino_predictor(path: Path) -> Predictor:
     return predictor_from_metadata(path, text, openvino_function(model, cpu_threads()), outputs)
 
 
+def compiled_model_file(path: Path, rebuild: bool = False) -> Path:
+    """The ONNX file `model.pt` runs as (with the backbone graph it carries, fp32 or int8, when it has one), cached
+    under the model file's content hash and compiled when missing. The train stage calls it, so evaluate and
+    predict find it ready."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
+    compiled = cache_dir() / "models" / f"{digest}.onnx"
+    if rebuild or not compiled.is_file():
+        from imageclf.export import onnx_export
+        from imageclf.models import load_model
+
+        saved = load_model(path)
+        write_atomic(compiled, onnx_export(saved, softmax=True, precision=saved.backbone_precision, calibration=[]))
+    return compiled
+
+
 def pytorch_predictor(path: Path) -> Predictor:
-    """A model file the train stage wrote: on ONNX Runtime when it is installed, through an ONNX export cached
-    under the model file's content hash (with the backbone graph the file carries, fp32 or int8, when it has
-    one); else on PyTorch (and on `train.device`'s automatic choice)."""
+    """A model file the train stage wrote: on ONNX Runtime when it is installed (`compiled_model_file`); else on
+    PyTorch (and on `train.device`'s automatic choice)."""
     if importlib.util.find_spec("onnxruntime") is None:
         from imageclf.export import torch_predictor
         from imageclf.models import load_model
 
         return torch_predictor(load_model(path))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:32]
-    compiled = cache_dir() / "models" / f"{digest}.onnx"
-    if compiled.is_file():
-        try:
-            return onnx_predictor(compiled)
-        except UserError:  # a damaged cache entry is rebuilt, never trusted
-            pass
-    from imageclf.export import onnx_export
-    from imageclf.models import load_model
-
-    saved = load_model(path)
-    write_atomic(compiled, onnx_export(saved, softmax=True, precision=saved.backbone_precision, calibration=[]))
-    return onnx_predictor(compiled)
+    try:
+        return onnx_predictor(compiled_model_file(path))
+    except UserError:  # a damaged cache entry is rebuilt, never trusted
+        return onnx_predictor(compiled_model_file(path, rebuild=True))
 
 
 PREDICTORS: dict[str, Callable[[Path], Predictor]] = {".onnx": onnx_predictor, ".xml": openvino_predictor}

@@ -11,6 +11,7 @@ killed resumes from it, and it is removed when training ends. On several GPUs or
 package, not this checkout's): the processes share the work and the first writes the outputs.
 """
 
+import importlib.util
 import sys
 import time
 from dataclasses import asdict, fields
@@ -19,6 +20,7 @@ from pathlib import Path
 from imageclf.device import process_group, rank
 from imageclf.errors import exits_cleanly
 from imageclf.files import write_csv, write_json
+from imageclf.inference import compiled_model_file
 from imageclf.models import save_model
 from imageclf.params import load_params
 from imageclf.training import EpochStats, FitResult, train_from_params
@@ -53,6 +55,8 @@ def main(
     if not writes_outputs:
         return
     save_model(Path(model_path), saved_model)
+    if importlib.util.find_spec("onnxruntime") is not None:
+        compiled_model_file(Path(model_path))  # what evaluate and predict run, ready in the cache
     write_progress(result, metrics, history)
     if time_path is not None:
         write_json(Path(time_path), {"seconds": round(time.perf_counter() - started, 1)})

@@ -1,5 +1,6 @@
 """The real `dvc repro` on tiny generated images: outputs, and that a change reruns exactly what depends on it."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -36,6 +37,11 @@ def test_repro_writes_every_output(reproduced_project: Path) -> None:
 
     saved = torch.load(project / "models/model.pt", weights_only=True)
     assert saved["model"] == "efficientnet_lite0" and saved["classes"] == CLASSES and saved["image_size"] == 32
+    assert saved["backbone_precision"] == "int8", "the default model carries its int8 backbone graph"
+    digest = hashlib.sha256((project / "models/model.pt").read_bytes()).hexdigest()[:32]
+    compiled = Path(os.environ[CACHE_ENVIRONMENT_VARIABLE]) / "models" / f"{digest}.onnx"
+    train_written = (project / "metrics/train.json").stat().st_mtime_ns  # the train stage's last write
+    assert compiled.stat().st_mtime_ns <= train_written, "train leaves the model compiled for evaluate and predict"
 
     augmented = list((project / "data/augmented").rglob("*.jpg"))
     assert len(augmented) == 24 * 2

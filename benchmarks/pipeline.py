@@ -6,6 +6,9 @@ cache stay as they are.
 
     python benchmarks/pipeline.py --raw-dir ../shared/data/animals --holdout ../shared/data/animals10-sample
     python benchmarks/pipeline.py -S data.image_size=192 -S augment.copies=2 --then train.dropout=0.2
+
+`--predict-folder` (default: the 1,320 cat photos of ../shared/data/animals) and `--predict-photo` time the
+`imageclf predict` command itself on the trained model, start-up included, as a user runs it.
 """
 
 import argparse
@@ -20,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from imageclf.images import is_image_name
 from imageclf.inference import labelled_scores, load_predictor, predict_folder
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -77,6 +81,14 @@ def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict:
     }
 
 
+def predict_seconds(work: Path, environment: dict[str, str], target: Path) -> float:
+    """Wall seconds of `imageclf predict TARGET` with the copy's model, from process start to exit."""
+    command = [sys.executable, "-c", "from imageclf.cli import main; main()", "predict", str(target.resolve())]
+    start = time.perf_counter()
+    subprocess.run([*command, "--model", "models/model.pt"], cwd=work, env=environment, check=True, capture_output=True)
+    return round(time.perf_counter() - start, 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--raw-dir", type=Path, default=PROJECT.parent / "shared/data/animals")
@@ -86,6 +98,8 @@ def main() -> None:
         default=PROJECT.parent / "shared/data/animals10-sample",
         help="a labelled folder from another source, scored with the trained model",
     )
+    parser.add_argument("--predict-folder", type=Path, default=PROJECT.parent / "shared/data/animals/cat")
+    parser.add_argument("--predict-photo", type=Path, help="default: the first photo of --predict-folder")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
         "--then",
@@ -117,6 +131,17 @@ def main() -> None:
         if args.holdout:
             report["holdout_folder"] = str(args.holdout)
             report |= holdout_scores(work / "models/model.pt", args.holdout, params["evaluate"]["tta"])
+        if args.predict_folder and args.predict_folder.is_dir():
+            photos = sorted(path for path in args.predict_folder.rglob("*") if path.is_file() and is_image_name(path))
+            folder_seconds = predict_seconds(work, environment, args.predict_folder)
+            photo = args.predict_photo or photos[0]
+            report["predict_folder"] = {
+                "folder": str(args.predict_folder),
+                "photos": len(photos),
+                "seconds": folder_seconds,
+                "images_per_second": round(len(photos) / folder_seconds, 1),
+                "one_photo_seconds": predict_seconds(work, environment, photo),
+            }
         if args.then:
             set_params(work / "params.yaml", [args.then])
             report["after_change"] = {"change": args.then, "seconds": repro_seconds(work, environment)}

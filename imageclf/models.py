@@ -277,12 +277,17 @@ def create_model(
 
 @dataclass(frozen=True)
 class SavedModel:
-    """A trained model with what it takes to use it: its class names and its preprocessing."""
+    """A trained model with what it takes to use it: its class names and its preprocessing.
+
+    `unknown_threshold`: a photo whose top probability is under it is none of the classes (None: never), chosen on
+    the val split by the train stage; files written before it existed load without one.
+    """
 
     model: Classifier
     name: str
     classes: list[str]
     preprocessing: Preprocessing
+    unknown_threshold: float | None = None
 
 
 def save_model(path: Path, saved: SavedModel) -> None:
@@ -304,6 +309,7 @@ def save_model(path: Path, saved: SavedModel) -> None:
             "image_size": saved.preprocessing.image_size,
             "mean": list(saved.preprocessing.mean),
             "std": list(saved.preprocessing.std),
+            "unknown_threshold": saved.unknown_threshold,
         },
         buffer,
     )
@@ -332,4 +338,11 @@ def load_model(path: Path) -> SavedModel:
         raise UserError(
             f"'{path}' does not match the '{saved['model']}' architecture with {len(saved['classes'])} classes"
         ) from None
-    return SavedModel(model.eval(), saved["model"], list(saved["classes"]), preprocessing)
+    threshold = saved.get("unknown_threshold")
+    return SavedModel(
+        model.eval(),
+        saved["model"],
+        list(saved["classes"]),
+        preprocessing,
+        unknown_threshold=None if threshold is None else float(threshold),
+    )

@@ -77,7 +77,10 @@ def score_test_images(model: Predictor, folder: Path, params: Params) -> dict:
             f"evaluate.test_images '{folder}' holds no labelled images: put them in class folders "
             f"({', '.join(model.classes)}) or name them <class>_*.jpg"
         )
-    return scores
+    labelled = [result for result in results if result.true_label is not None]
+    probabilities = np.array([[result.probabilities[label] for label in model.classes] for result in labelled])
+    true = [result.true_label for result in labelled]
+    return scores | unknown_scores(true, probabilities, model.classes, model.unknown_threshold)
 
 
 def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:

@@ -119,7 +119,8 @@ def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project
     for miss in scored["misses"]:
         assert Path(miss["path"]).parent.name == miss["true"] != miss["predicted"]
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
-    assert set(scored) == set(metrics) == SCORES_KEYS, "one scorer: the test split and the folder share a schema"
+    assert set(scored) == set(metrics) == SCORES_KEYS | UNKNOWN_KEYS, "the test split and the folder share a schema"
+    assert scored["unknown_threshold"] == metrics["unknown_threshold"]
     assert set(scored["per_class"]["cat"]) == set(metrics["per_class"]["cat"])
     assert set(scored["macro_avg"]) == set(metrics["macro_avg"]) == set(scored["weighted_avg"])
     assert f"## Metrics on the labelled folder `{photos}`" in (project / "metrics/report.md").read_text()

@@ -6,7 +6,14 @@ import numpy as np
 
 from imageclf.errors import UserError, warn
 from imageclf.files import write_csv, write_json
-from imageclf.inference import Predictor, labelled_scores, load_predictor, predict_files, predict_folder
+from imageclf.inference import (
+    Predictor,
+    is_unknown,
+    labelled_scores,
+    load_predictor,
+    predict_files,
+    predict_folder,
+)
 from imageclf.manifest import read_manifest
 from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
 from imageclf.params import Params
@@ -41,6 +48,19 @@ def load_model_for(model_path: Path, classes: list[str]) -> Predictor:
     return model
 
 
+def unknown_scores(true: list[str], probabilities: np.ndarray, classes: list[str], threshold: float | None) -> dict:
+    """How many photos the model calls none of the classes (all of them are of the classes, so these are mistakes
+    of another kind), and the accuracy on the others; `accuracy` still counts every photo by its top class."""
+    unknown = np.array([is_unknown(float(row.max()), threshold) for row in probabilities], dtype=bool)
+    correct = np.array(true) == np.array(classes)[probabilities.argmax(axis=1)]
+    return {
+        "unknown_threshold": threshold,
+        "unknown": int(unknown.sum()),
+        "unknown_share": float(unknown.mean()),
+        "accepted_accuracy": float(correct[~unknown].mean()) if not unknown.all() else None,
+    }
+
+
 def score_test_images(model: Predictor, folder: Path, params: Params) -> dict:
     """`classification_scores` on a labelled folder (class folders or `<class>_name.jpg` files); unreadable files are
     warned about and counted, a folder without labelled images is refused."""
@@ -57,7 +77,10 @@ def score_test_images(model: Predictor, folder: Path, params: Params) -> dict:
             f"evaluate.test_images '{folder}' holds no labelled images: put them in class folders "
             f"({', '.join(model.classes)}) or name them <class>_*.jpg"
         )
-    return scores
+    labelled = [result for result in results if result.true_label is not None]
+    probabilities = np.array([[result.probabilities[label] for label in model.classes] for result in labelled])
+    true = [result.true_label for result in labelled]
+    return scores | unknown_scores(true, probabilities, model.classes, model.unknown_threshold)
 
 
 def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:
@@ -77,14 +100,21 @@ def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path
     predicted = [classes[index] for index in probabilities.argmax(axis=1)]
 
     metrics = classification_scores(true, probabilities, classes, [record.source for record in records])
+    metrics |= unknown_scores(true, probabilities, classes, model.unknown_threshold)
     write_json(out_dir / METRICS_FILE, metrics)
     write_csv(
         out_dir / PREDICTIONS_FILE,
         [
-            {"path": record.source, "actual": actual, "predicted": guess, "confidence": round(float(row.max()), 4)}
+            {
+                "path": record.source,
+                "actual": actual,
+                "predicted": guess,
+                "confidence": round(float(row.max()), 4),
+                "unknown": is_unknown(float(row.max()), model.unknown_threshold),
+            }
             for record, actual, guess, row in zip(records, true, predicted, probabilities, strict=True)
         ],
-        ["path", "actual", "predicted", "confidence"],
+        ["path", "actual", "predicted", "confidence", "unknown"],
     )
     curves = precision_recall_curves(true, probabilities, classes)
     for label, rows in curves.items():

@@ -95,7 +95,9 @@ def onnx_export(saved: SavedModel, softmax: bool, precision: str, calibration: l
         graph = onnx.load_from_string(model)
     entry = graph.metadata_props.add()
     entry.key = METADATA_KEY
-    entry.value = export_metadata(saved.name, saved.classes, saved.preprocessing, softmax, precision)
+    entry.value = export_metadata(
+        saved.name, saved.classes, saved.preprocessing, softmax, precision, saved.unknown_threshold
+    )
     return graph.SerializeToString()
 
 
@@ -115,7 +117,9 @@ def write_openvino(
     source.unlink()
     if precision == "int8":
         model = quantize_openvino(model, calibration)
-    metadata = export_metadata(saved.name, saved.classes, saved.preprocessing, softmax, precision)
+    metadata = export_metadata(
+        saved.name, saved.classes, saved.preprocessing, softmax, precision, saved.unknown_threshold
+    )
     model.set_rt_info(metadata, [METADATA_KEY])
     openvino.save_model(model, str(target), compress_to_fp16=False)
 
@@ -216,4 +220,11 @@ def torch_predictor(saved: SavedModel) -> Predictor:
             images = torch.from_numpy(batch).to(device, memory_format=torch.channels_last)
             return model(images).float().softmax(dim=1).cpu().numpy()
 
-    return Predictor(saved.name, saved.classes, saved.preprocessing, forward, outputs_probabilities=True)
+    return Predictor(
+        saved.name,
+        saved.classes,
+        saved.preprocessing,
+        forward,
+        outputs_probabilities=True,
+        unknown_threshold=saved.unknown_threshold,
+    )

@@ -41,13 +41,15 @@ DECODE_THREADS = 0
 @dataclass(frozen=True)
 class Predictor:
     """A model ready to predict: `forward` maps a preprocessed batch to its outputs, probabilities when
-    `outputs_probabilities`, else logits (softmax is applied here)."""
+    `outputs_probabilities`, else logits (softmax is applied here). A photo whose top probability is under
+    `unknown_threshold` is none of the classes (`is_unknown`); None: every photo is one of them."""
 
     name: str
     classes: list[str]
     preprocessing: Preprocessing
     forward: BatchFunction
     outputs_probabilities: bool
+    unknown_threshold: float | None = None
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         outputs = np.asarray(self.forward(batch), dtype=np.float32)
@@ -57,7 +59,19 @@ class Predictor:
         return exponentials / exponentials.sum(axis=1, keepdims=True)
 
 
-def export_metadata(name: str, classes: list[str], preprocessing: Preprocessing, softmax: bool, precision: str) -> str:
+def is_unknown(confidence: float, threshold: float | None) -> bool:
+    """Whether a photo is none of the classes: its top probability is under the threshold the train stage chose."""
+    return threshold is not None and confidence < threshold
+
+
+def export_metadata(
+    name: str,
+    classes: list[str],
+    preprocessing: Preprocessing,
+    softmax: bool,
+    precision: str,
+    unknown_threshold: float | None = None,
+) -> str:
     """The JSON text an export carries: all another program needs to feed the model and read its output."""
     return json.dumps(
         {
@@ -71,6 +85,9 @@ def export_metadata(name: str, classes: list[str], preprocessing: Preprocessing,
             "output": "probabilities (softmax)" if softmax else "logits (apply softmax)",
             "softmax": softmax,
             "precision": precision,
+            "unknown_threshold": unknown_threshold,
+            "unknown": "a photo whose highest probability is under unknown_threshold is none of the classes "
+            "(null: no threshold)",
         }
     )
 
@@ -86,6 +103,8 @@ def predictor_from_metadata(path: Path, text: str | None, forward: BatchFunction
         metadata = json.loads(text)
         preprocessing = Preprocessing(metadata["image_size"], tuple(metadata["mean"]), tuple(metadata["std"]))
         classes, softmax = list(metadata["classes"]), bool(metadata["softmax"])
+        threshold = metadata.get("unknown_threshold")
+        threshold = None if threshold is None else float(threshold)
     except (ValueError, KeyError, TypeError):
         raise UserError(f"'{path}' has damaged {METADATA_KEY} metadata: export it again with imageclf export") from None
     if isinstance(outputs, int) and outputs != len(classes):
@@ -93,7 +112,7 @@ def predictor_from_metadata(path: Path, text: str | None, forward: BatchFunction
             f"'{path}' outputs {outputs} classes but its metadata names {len(classes)}: export it again with "
             "imageclf export"
         )
-    return Predictor(metadata.get("model", path.stem), classes, preprocessing, forward, softmax)
+    return Predictor(metadata.get("model", path.stem), classes, preprocessing, forward, softmax, threshold)
 
 
 def require_module(module: str, package: str, path: Path) -> None:
@@ -303,25 +322,42 @@ def label_from_path(path: Path, target: Path, classes: list[str]) -> str | None:
 
 @dataclass(frozen=True)
 class LabelledResult:
-    """A prediction with its class, confidence and (when the file name or folder tells it) its true class."""
+    """A prediction with its most probable class, confidence, whether it is none of the classes (`unknown`) and
+    (when the file name or folder tells it) its true class."""
 
     path: Path
     label: str
     confidence: float
     probabilities: dict[str, float]
     true_label: str | None
+    unknown: bool = False
+
+    def as_json(self) -> dict:
+        """The object `imageclf predict --json` prints and `imageclf serve` answers: an unknown photo has `label`
+        null and `unknown` true, its class probabilities kept."""
+        return {
+            "path": str(self.path),
+            "label": None if self.unknown else self.label,
+            "unknown": self.unknown,
+            "confidence": self.confidence,
+            "probabilities": self.probabilities,
+        } | ({"true_label": self.true_label} if self.true_label else {})
 
 
-def labelled_result(prediction: Prediction, target: Path, classes: list[str]) -> LabelledResult:
+def labelled_result(
+    prediction: Prediction, target: Path, classes: list[str], unknown_threshold: float | None = None
+) -> LabelledResult:
     """A readable file's prediction, its classes named in the model's (training) order."""
     probabilities = prediction.probabilities
     best = int(np.argmax(probabilities))
+    confidence = float(probabilities[best])
     return LabelledResult(
         prediction.path,
         classes[best],
-        float(probabilities[best]),
+        confidence,
         {label: float(p) for label, p in zip(classes, probabilities, strict=True)},
         label_from_path(prediction.path, target, classes),
+        is_unknown(confidence, unknown_threshold),
     )
 
 
@@ -349,7 +385,7 @@ def predict_folder(
     found, _ = files_to_predict([folder])
     predictions = list(predict_files(predictor, [path for path, _ in found], tta, batch_size, description=description))
     results = [
-        labelled_result(prediction, folder, predictor.classes)
+        labelled_result(prediction, folder, predictor.classes, predictor.unknown_threshold)
         for prediction in predictions
         if prediction.probabilities is not None
     ]

@@ -277,12 +277,17 @@ def create_model(
 
 @dataclass(frozen=True)
 class SavedModel:
-    """A trained model with what it takes to use it: its class names and its preprocessing."""
+    """A trained model with what it takes to use it: its class names and its preprocessing.
+
+    `unknown_threshold`: a photo whose top probability is under it is none of the classes (None: never), chosen on
+    the val split by the train stage; files written before it existed load without one.
+    """
 
     model: Classifier
     name: str
     classes: list[str]
     preprocessing: Preprocessing
+    unknown_threshold: float | None = None
     # Transfer learning on ONNX Runtime: the backbone graph that computed the training features, and its
     # precision (fp32 or int8), so that prediction runs the same backbone the head was trained on.
     backbone_onnx: bytes | None = None
@@ -309,6 +314,7 @@ def save_model(path: Path, saved: SavedModel) -> None:
             "mean": list(saved.preprocessing.mean),
             "std": list(saved.preprocessing.std),
             **backbone_entries(saved),
+            "unknown_threshold": saved.unknown_threshold,
         },
         buffer,
     )
@@ -346,11 +352,13 @@ def load_model(path: Path) -> SavedModel:
             f"'{path}' does not match the '{saved['model']}' architecture with {len(saved['classes'])} classes"
         ) from None
     graph = saved.get("backbone_onnx")
+    threshold = saved.get("unknown_threshold")
     return SavedModel(
         model.eval(),
         saved["model"],
         list(saved["classes"]),
         preprocessing,
-        None if graph is None else graph.numpy().tobytes(),
-        saved.get("backbone_precision", "fp32"),
+        unknown_threshold=None if threshold is None else float(threshold),
+        backbone_onnx=None if graph is None else graph.numpy().tobytes(),
+        backbone_precision=saved.get("backbone_precision", "fp32"),
     )

@@ -14,11 +14,15 @@ from imageclf.inference import (
     predict_files,
 )
 
+# The class column of an image that is none of the classes (`--json`: label null, unknown true).
+UNKNOWN_LABEL = "unknown"
+
 
 def format_row(result: LabelledResult, top_k: int, width: int) -> str:
     ranked = sorted(result.probabilities.items(), key=lambda item: -item[1])[:top_k]
     top = "  ".join(f"{label} {p:.3f}" for label, p in ranked)
-    return f"{result.path!s:<{width}}  {result.label:<10}  {result.confidence:>10.3f}  {top}"
+    label = UNKNOWN_LABEL if result.unknown else result.label
+    return f"{result.path!s:<{width}}  {label:<10}  {result.confidence:>10.3f}  {top}"
 
 
 def print_summary(scores: dict, file: TextIO) -> None:
@@ -58,27 +62,21 @@ def predict_command(
             print(f"error: cannot read '{prediction.path}': {prediction.error}", file=sys.stderr)
             errors.append(prediction.error)
             continue
-        result = labelled_result(prediction, target, predictor.classes)
+        result = labelled_result(prediction, target, predictor.classes, predictor.unknown_threshold)
         results.append(result)
         if not as_json:
             print(format_row(result, top_k, width), flush=True)
     scores = labelled_scores(results, predictor.classes, unreadable=len(found) - len(results))
     if as_json:
+        print(json.dumps([result.as_json() for result in results], indent=2))
+    summary = sys.stderr if as_json else sys.stdout
+    unknown = sum(result.unknown for result in results)
+    if unknown:
         print(
-            json.dumps(
-                [
-                    {
-                        "path": str(r.path),
-                        "label": r.label,
-                        "confidence": r.confidence,
-                        "probabilities": r.probabilities,
-                    }
-                    | ({"true_label": r.true_label} if r.true_label else {})
-                    for r in results
-                ],
-                indent=2,
-            )
+            f"unknown: {unknown} of {len(results)} images are none of {', '.join(predictor.classes)} "
+            f"(top probability under {predictor.unknown_threshold:.3f})",
+            file=summary,
         )
     if scores:
-        print_summary(scores, sys.stderr if as_json else sys.stdout)
+        print_summary(scores, summary)
     return 1 if errors else 0

@@ -152,11 +152,25 @@ def scores_table(scores: dict) -> list[str]:
     return lines
 
 
+def unknown_line(metrics: dict) -> str:
+    """What the model called none of the classes (`evaluation.unknown_scores`), in one sentence."""
+    if metrics["unknown_threshold"] is None:
+        return "Unknown: this model has no threshold (trained before it existed); every image gets a class."
+    accepted = metrics["accepted_accuracy"]
+    return (
+        f"Unknown (top probability under {metrics['unknown_threshold']:.3f}, the threshold chosen on val): "
+        f"**{metrics['unknown']}** of {metrics['images']} images ({percent(metrics['unknown_share'])}); "
+        f"accuracy on the others: {'–' if accepted is None else percent(accepted)}. "
+        "The accuracy above counts every image by its most probable class, unknown or not."
+    )
+
+
 def write_report(path: Path, params: Params, metrics: dict, test_images: dict, pictures: dict[str, Path]) -> None:
     """metrics/report.md: the params, the scores of the test split (and of `evaluate.test_images`), the pictures
     (linked relative to the report)."""
     lines = ["# Evaluation report", "", "## Metrics on the test split", ""]
     lines += [f"Accuracy: **{percent(metrics['accuracy'])}** on {metrics['images']} images.", ""]
+    lines += [unknown_line(metrics), ""]
     lines += scores_table(metrics)
     if test_images:
         lines += ["", f"## Metrics on the labelled folder `{params.evaluate.test_images}`", ""]

@@ -147,13 +147,8 @@ def refusal(upload: Upload) -> tuple[int, str] | None:
 
 def prediction_json(model: inference.Predictor, prediction: Prediction, name: str) -> dict:
     """The object `imageclf predict --json` prints for one file, the upload's name as its path."""
-    result = labelled_result(Prediction(Path(name), prediction.probabilities), Path(name), model.classes)
-    return {
-        "path": str(result.path),
-        "label": result.label,
-        "confidence": result.confidence,
-        "probabilities": result.probabilities,
-    } | ({"true_label": result.true_label} if result.true_label else {})
+    upload = Prediction(Path(name), prediction.probabilities)
+    return labelled_result(upload, Path(name), model.classes, model.unknown_threshold).as_json()
 
 
 class UploadClassifier:
@@ -222,6 +217,7 @@ def create_app(model: inference.Predictor, model_path: Path, metrics_dir: Path) 
             "classes": model.classes,
             "image_size": model.preprocessing.image_size,
             "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
+            "unknown_threshold": model.unknown_threshold,
         } | metrics_info(metrics_dir)
 
     @app.get("/plots/{name}.png")

@@ -9,6 +9,7 @@ import copy
 import hashlib
 import io
 import json
+import math
 import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -92,6 +93,8 @@ class FitResult:
     stop_reason: str = ""
     weight_decay: float = 0.0  # the L2 strength trained with: train.weight_decay, or the one `auto` chose
     val_loss_by_weight_decay: dict[float, float] = field(default_factory=dict)  # `auto`: every candidate's
+    unknown_threshold: float | None = None  # set after training by `calibrate_unknown`
+    val_unknown_share: float | None = None  # the share of val photos that threshold rejects
 
     @property
     def best_val_loss(self) -> float:
@@ -104,9 +107,11 @@ class FitResult:
             return {key: value for key, value in asdict(epoch).items() if key != "epoch"}
 
         search = {"val_loss_by_weight_decay": {str(key): loss for key, loss in self.val_loss_by_weight_decay.items()}}
+        unknown = {"unknown_threshold": self.unknown_threshold, "val_unknown_share": self.val_unknown_share}
         return {
             "weight_decay": self.weight_decay,
             **(search if self.val_loss_by_weight_decay else {}),
+            **(unknown if self.unknown_threshold is not None else {}),
             "best_epoch": self.best_epoch,
             "epochs": len(self.history),
             "best": stats(self.history[self.best_epoch - 1]),
@@ -520,6 +525,36 @@ def frozen_features(
     return train_inputs, val_inputs
 
 
+# The share of val photos the unknown threshold may flag: it is set as high as that allows.
+UNKNOWN_VAL_SHARE = 0.01
+
+
+def unknown_threshold(confidences: np.ndarray, share: float = UNKNOWN_VAL_SHARE) -> float:
+    """The largest threshold under which at most floor(share × n) of these top probabilities fall: a photo
+    is called none of the classes when its top probability is under it (`inference.is_unknown`)."""
+    ranked = np.sort(np.asarray(confidences, dtype=np.float64))
+    return float(ranked[math.floor(round(share * len(ranked), 9))])
+
+
+def calibrate_unknown(
+    result: FitResult, network: nn.Module, val_inputs: Dataset, batch_size: int, device: torch.device
+) -> FitResult:
+    """Set the result's unknown threshold from the trained `network`'s top softmax probability on each val input
+    (images, or their frozen features when `network` is the head): val photos are all of the classes, so few of
+    them may fall under it."""
+    network.eval()
+    with torch.no_grad():
+        confidences = torch.cat(
+            [
+                network(inputs.to(device)).float().softmax(dim=1).amax(dim=1).cpu()
+                for inputs, _ in DataLoader(val_inputs, batch_size=batch_size)
+            ]
+        ).numpy()
+    result.unknown_threshold = unknown_threshold(confidences)
+    result.val_unknown_share = float(np.mean(confidences < result.unknown_threshold))
+    return result
+
+
 def train_classifier(
     model: Classifier,
     train_data: ImageDataset,
@@ -534,18 +569,22 @@ def train_classifier(
     In transfer learning the backbone is frozen: each image's features come from the feature cache or are
     computed once, and only the head trains on them, so an epoch costs milliseconds instead of a forward
     pass over every image; there `train.weight_decay: auto` picks the head's L2 strength by the val loss. In the
-    other modes every candidate would be a whole training run, so `auto` means 0 (no L2).
+    other modes every candidate would be a whole training run, so `auto` means 0 (no L2). Then the unknown
+    threshold is chosen on the val split (`calibrate_unknown`).
     """
     if config.mode != "transfer_learning":
         if config.weight_decay == WEIGHT_DECAY_AUTO:
             config = replace(config, weight_decay=0.0)
-        return fit(model, train_data, val_data, config, device, checkpointing, on_epoch)
+        result = fit(model, train_data, val_data, config, device, checkpointing, on_epoch)
+        return calibrate_unknown(result, model, val_data, config.batch_size, device)
     train_inputs, val_inputs = frozen_features(model, train_data, val_data, config, device)
     # A head's matrices are too small to share out: on a busy 2-core CPU a second thread made each epoch 26 × slower.
     with torch_threads(1):
         if config.weight_decay == WEIGHT_DECAY_AUTO:
-            return fit_choosing_weight_decay(model.head, train_inputs, val_inputs, config, device, on_epoch)
-        return fit(model.head, train_inputs, val_inputs, config, device, checkpointing, on_epoch)
+            result = fit_choosing_weight_decay(model.head, train_inputs, val_inputs, config, device, on_epoch)
+        else:
+            result = fit(model.head, train_inputs, val_inputs, config, device, checkpointing, on_epoch)
+        return calibrate_unknown(result, model.head, val_inputs, config.batch_size, device)
 
 
 @contextmanager
@@ -617,7 +656,7 @@ def train_from_params(
     )
     if checkpointing is not None and rank() == 0:
         checkpointing.remove()
-    saved = SavedModel(model.cpu().eval(), architecture, data.classes, preprocessing)
+    saved = SavedModel(model.cpu().eval(), architecture, data.classes, preprocessing, result.unknown_threshold)
     if train.mode == "transfer_learning" and train.backbone_runtime == "onnxruntime":
         graph = backbone_extractor(model, train_data, train, CPU).onnx_graph(preprocessing)  # cached by now
         saved = replace(saved, backbone_onnx=graph, backbone_precision=train.backbone_precision)

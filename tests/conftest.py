@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from imageclf.features import CACHE_ENVIRONMENT_VARIABLE
-from tests.helpers import copy_project, dvc_repro, make_image_folder, tiny_params
+from tests.helpers import SampleModel, copy_project, dvc_repro, make_image_folder, tiny_params, train_on_sample
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -33,8 +33,14 @@ def reproduced_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return project
 
 
-# Fixtures that run a full `dvc repro`: a test that needs one is slow wherever it lives.
-PIPELINE_FIXTURES = {"reproduced_project", "colour_model"}
+@pytest.fixture(scope="session")
+def sample_model(tmp_path_factory: pytest.TempPathFactory) -> SampleModel:
+    """A model trained on the embedded sample by the train stage's code, with its unknown threshold (about 10 s)."""
+    return train_on_sample(tmp_path_factory.mktemp("sample-model"))
+
+
+# Fixtures that run a full `dvc repro` or train a model: a test that needs one is slow wherever it lives.
+PIPELINE_FIXTURES = {"reproduced_project", "colour_model", "sample_model"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

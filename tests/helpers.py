@@ -1,16 +1,21 @@
 """Test helpers: tiny generated image folders and throwaway copies of the project for real `dvc repro` runs."""
 
 import dataclasses
+import io
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 from PIL import Image
 
+from imageclf.models import save_model
 from imageclf.params import TrainParams, load_params
+from imageclf.splitting import make_split
+from imageclf.training import train_from_params
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog", "horse"]
@@ -88,6 +93,44 @@ def dvc_repro(project: Path) -> tuple[set[str], str]:
     assert result.returncode == 0, output
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
     return ran, output
+
+
+@dataclass(frozen=True)
+class SampleModel:
+    """A model the train stage's code trained on the embedded sample: its file, its split folder, its train.json."""
+
+    path: Path
+    split: Path
+    summary: dict
+
+
+def train_on_sample(root: Path) -> SampleModel:
+    """Split the embedded sample (93 photos) and train Lite0's head on it as the train stage does, at 128 px with a
+    learning rate that fits it in seconds: a real model with the unknown threshold it chose on its 9 val photos."""
+    make_split(PROJECT / "data/sample", CLASSES, 128, 0.1, 0.1, 0, root / "split")
+    params = load_params(PROJECT / "params.yaml")
+    params = dataclasses.replace(
+        params,
+        data=dataclasses.replace(params.data, image_size=128),
+        train=dataclasses.replace(params.train, epochs=60, lr=0.01, weight_decay=0.0),
+    )
+    saved, result = train_from_params(params, root / "split/train", root / "split/val")
+    save_model(root / "models/model.pt", saved)
+    return SampleModel(root / "models/model.pt", root / "split", result.summary())
+
+
+def none_of_the_classes() -> dict[str, bytes]:
+    """PNG images that are no cat, dog or horse: a plain grey square and uniform noise."""
+    images = {
+        "grey.png": Image.new("RGB", (128, 128), (128, 128, 128)),
+        "noise.png": Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)),
+    }
+    encoded = {}
+    for name, image in images.items():
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        encoded[name] = buffer.getvalue()
+    return encoded
 
 
 def without_git_identity(home: Path) -> dict[str, str]:

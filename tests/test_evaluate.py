@@ -33,20 +33,33 @@ SCORES_KEYS = {
     "per_class",
     "misses",
 }
+UNKNOWN_KEYS = {"unknown_threshold", "unknown", "unknown_share", "accepted_accuracy"}
 
 
 def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reproduced_project: Path) -> None:
     metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
-    assert set(metrics) == SCORES_KEYS
+    assert set(metrics) == SCORES_KEYS | UNKNOWN_KEYS
     assert metrics["images"] == 3 and set(metrics["per_class"]) == set(CLASSES)
     for row in metrics["per_class"].values():
         assert set(row) == {"precision", "recall", "f1", "support", "average_precision"} and row["support"] == 1
     rows = [row.split(",") for row in (reproduced_project / "metrics/test_predictions.csv").read_text().split()[1:]]
-    assert metrics["correct"] == sum(actual == guess for _, actual, guess, _ in rows)
+    assert metrics["correct"] == sum(actual == guess for _, actual, guess, _, _ in rows)
     assert metrics["accuracy"] == metrics["correct"] / 3
     assert sorted(miss["path"] for miss in metrics["misses"]) == sorted(
-        path for path, actual, guess, _ in rows if actual != guess
+        path for path, actual, guess, _, _ in rows if actual != guess
     )
+    train = json.loads((reproduced_project / "metrics/train.json").read_text())
+    assert metrics["unknown_threshold"] == train["unknown_threshold"]
+    flagged = [unknown == "True" for *_, unknown in rows]
+    assert metrics["unknown"] == sum(flagged) and metrics["unknown_share"] == sum(flagged) / 3
+    for (*_, confidence, _), out in zip(rows, flagged, strict=True):  # confidence is rounded to 4 decimals
+        assert (
+            float(confidence) <= train["unknown_threshold"] + 5e-5
+            if out
+            else float(confidence) >= train["unknown_threshold"] - 5e-5
+        )
+    accepted = [actual == guess for (_, actual, guess, _, _), out in zip(rows, flagged, strict=True) if not out]
+    assert metrics["accepted_accuracy"] == (sum(accepted) / len(accepted) if accepted else None)
     assert json.loads((reproduced_project / "metrics/test_images.json").read_text()) == {}
 
 
@@ -82,6 +95,10 @@ def test_report_links_the_pictures_and_lists_metrics_and_params(reproduced_proje
     assert all((reproduced_project / "metrics" / link).is_file() for link in links)
     metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
     assert f"Accuracy: **{100 * metrics['accuracy']:.2f} %** on 3 images." in report
+    assert (
+        f"Unknown (top probability under {metrics['unknown_threshold']:.3f}, the threshold chosen on val): "
+        f"**{metrics['unknown']}** of 3 images" in report
+    )
     for label in CLASSES:
         assert f"| {label} | {metrics['per_class'][label]['precision']:.3f} |" in report
     assert "| `evaluate.tta` | `'none'` |" in report and "| `data.image_size` | `32` |" in report
@@ -102,7 +119,8 @@ def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project
     for miss in scored["misses"]:
         assert Path(miss["path"]).parent.name == miss["true"] != miss["predicted"]
     metrics = json.loads((project / "metrics/evaluate.json").read_text())
-    assert set(scored) == set(metrics) == SCORES_KEYS, "one scorer: the test split and the folder share a schema"
+    assert set(scored) == set(metrics) == SCORES_KEYS | UNKNOWN_KEYS, "the test split and the folder share a schema"
+    assert scored["unknown_threshold"] == metrics["unknown_threshold"]
     assert set(scored["per_class"]["cat"]) == set(metrics["per_class"]["cat"])
     assert set(scored["macro_avg"]) == set(metrics["macro_avg"]) == set(scored["weighted_avg"])
     assert f"## Metrics on the labelled folder `{photos}`" in (project / "metrics/report.md").read_text()

@@ -28,7 +28,7 @@ from imageclf.params import load_params
 from imageclf.runtimes import onnx_model
 from imageclf.splitting import make_split
 from imageclf.training import train_from_params
-from tests.helpers import CLASSES, PROJECT
+from tests.helpers import CLASSES, PROJECT, SampleModel
 
 IMAGE_SIZE = 128
 SAMPLE = sorted((PROJECT / "data/sample").rglob("*.jpg"))
@@ -121,6 +121,19 @@ def test_int8_exports_keep_pytorchs_labels_and_the_same_seed_gives_the_same_file
     assert not np.allclose(quantized, reference, atol=1e-6), "int8 computes in integers: close, not equal"
     assert (quantized.argmax(axis=1) == reference.argmax(axis=1)).all()
     assert embedded_metadata(first)["precision"] == "int8"
+
+
+@pytest.mark.parametrize(("format_name", "suffix"), [("onnx", ".onnx"), ("openvino", ".xml")])
+def test_exports_carry_the_unknown_threshold_and_predict_with_it(
+    sample_model: SampleModel, model_file: Path, tmp_path: Path, format_name: str, suffix: str
+) -> None:
+    threshold = sample_model.summary["unknown_threshold"]
+    exported = export(sample_model.path, tmp_path / f"model{suffix}", format_name)
+    assert embedded_metadata(exported)["unknown_threshold"] == threshold
+    assert load_predictor(exported).unknown_threshold == threshold
+    assert load_predictor(sample_model.path).unknown_threshold == threshold, "model.pt, through its cached ONNX"
+    without = export(model_file, tmp_path / f"without{suffix}", format_name)
+    assert embedded_metadata(without)["unknown_threshold"] is None and load_predictor(without).unknown_threshold is None
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

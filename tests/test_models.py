@@ -10,9 +10,11 @@ import pytest
 import timm
 import torch
 import torchvision
+from PIL import Image
 from torch import nn
 
 from imageclf.errors import UserError
+from imageclf.inference import labelled_result, load_predictor, predict_files
 from imageclf.manifest import ImageDataset
 from imageclf.models import (
     MODELS,
@@ -101,6 +103,22 @@ def test_model_file_round_trip_and_refusals(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="is not a model file written by this project"):
         load_model(tmp_path / "other.pt")
+
+
+def test_the_unknown_threshold_round_trips_and_an_older_file_without_it_never_says_unknown(tmp_path: Path) -> None:
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
+    saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32), 0.999)
+    save_model(tmp_path / "model.pt", saved)
+    assert load_model(tmp_path / "model.pt").unknown_threshold == 0.999
+    older = torch.load(tmp_path / "model.pt", weights_only=True)
+    del older["unknown_threshold"]  # as the train stage wrote it before the threshold existed
+    torch.save(older, tmp_path / "older.pt")
+    assert load_model(tmp_path / "older.pt").unknown_threshold is None
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(tmp_path / "grey.png")
+    for path, unknown in (("model.pt", True), ("older.pt", False)):  # an untrained head is never 99.9 % sure
+        predictor = load_predictor(tmp_path / path)
+        (prediction,) = predict_files(predictor, [tmp_path / "grey.png"], "none", 1)
+        assert labelled_result(prediction, tmp_path, CLASSES, predictor.unknown_threshold).unknown is unknown
 
 
 def whole_architecture_weights(name: str, image_size: int, path: Path) -> dict[str, torch.Tensor]:

@@ -24,6 +24,7 @@ def test_repro_writes_every_output(reproduced_project: Path) -> None:
 
     train = json.loads((project / "metrics/train.json").read_text())
     assert train["epochs"] == 2 and 1 <= train["best_epoch"] <= 2
+    assert 0 < train["unknown_threshold"] <= 1 and train["val_unknown_share"] == 0.0, "at most 1 % of 3 val photos"
     for epoch in ("best", "last"):
         assert set(train[epoch]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
     history = (project / "metrics/train_history.csv").read_text().splitlines()
@@ -33,7 +34,7 @@ def test_repro_writes_every_output(reproduced_project: Path) -> None:
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert 0 <= evaluation["accuracy"] <= 1 and set(evaluation["per_class"]) == set(CLASSES)
     predictions = (project / "metrics/test_predictions.csv").read_text().splitlines()
-    assert predictions[0] == "path,actual,predicted,confidence" and len(predictions) == 4
+    assert predictions[0] == "path,actual,predicted,confidence,unknown" and len(predictions) == 4
 
     saved = torch.load(project / "models/model.pt", weights_only=True)
     assert saved["model"] == "efficientnet_lite0" and saved["classes"] == CLASSES and saved["image_size"] == 32

@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,9 +17,20 @@ from imageclf.evaluation import load_model_for
 from imageclf.export import torch_predictor
 from imageclf.images import open_rgb, to_square
 from imageclf.inference import ViewTransform, label_from_path, predict_files
+from imageclf.manifest import read_manifest
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
 from imageclf.views import TTA
-from tests.helpers import CLASS_COLOURS, CLASSES, PROJECT, copy_project, dvc_repro, make_image_folder, tiny_params
+from tests.helpers import (
+    CLASS_COLOURS,
+    CLASSES,
+    PROJECT,
+    SampleModel,
+    copy_project,
+    dvc_repro,
+    make_image_folder,
+    none_of_the_classes,
+    tiny_params,
+)
 
 # A model whose head ignores the image and always favours cat: softmax([1, 0, 0])
 CAT_CONFIDENCE = math.e / (math.e + 2)
@@ -103,13 +115,15 @@ def test_every_mode_is_predicted_by_its_colour_and_json_probabilities_sum_to_one
     rows = json.loads(result.stdout)
     assert sorted(Path(row["path"]).name for row in rows) == sorted(shown)
     for row in rows:
-        assert set(row) == {"path", "label", "confidence", "probabilities"}
+        assert set(row) == {"path", "label", "unknown", "confidence", "probabilities"}
         assert list(row["probabilities"]) == COLOUR_CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
         assert row["confidence"] == max(row["probabilities"].values())
-    labels = {Path(row["path"]).name: row["label"] for row in rows}
+    # the top class: a photo under the threshold (6 val photos set it) is unknown but keeps its probabilities
+    labels = {Path(row["path"]).name: max(row["probabilities"], key=row["probabilities"].get) for row in rows}
     assert {name: labels[name] for name, label in shown.items() if label} == {
         name: label for name, label in shown.items() if label
     }
+    assert all(row["label"] in (None, labels[Path(row["path"]).name]) for row in rows)
 
 
 def test_classes_out_of_alphabetical_order_keep_the_training_order(tmp_path: Path, colour_model: Path) -> None:
@@ -119,9 +133,11 @@ def test_classes_out_of_alphabetical_order_keep_the_training_order(tmp_path: Pat
     result = run("predict", "photos", "--model", str(colour_model), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)
-    assert {row["path"]: row["label"] for row in rows} == {row["path"]: row["true_label"] for row in rows}
+    top = {row["path"]: max(row["probabilities"], key=row["probabilities"].get) for row in rows}
+    assert top == {row["path"]: row["true_label"] for row in rows}, "outputs named in the training order"
+    assert all(row["label"] in (None, top[row["path"]]) for row in rows), "a label is the top class, or unknown"
     assert sorted(Path(row["path"]).parent.name for row in rows) == sorted(CLASSES * 3)
-    assert result.stderr.splitlines() == ["accuracy: 100.0% (9/9 labelled images)"]
+    assert "accuracy: 100.0% (9/9 labelled images)" in result.stderr.splitlines()
 
 
 @pytest.mark.slow
@@ -176,6 +192,37 @@ def test_accuracy_from_file_names_with_json_on_stderr(tmp_path: Path, always_cat
         f"miss: photos/dog_multiple.jpg  true dog, predicted cat ({CAT_CONFIDENCE:.3f})",
         f"miss: photos/horse_up.jpg  true horse, predicted cat ({CAT_CONFIDENCE:.3f})",
     ]
+
+
+def test_an_image_of_none_of_the_classes_is_unknown_with_its_scores_kept(
+    tmp_path: Path, sample_model: SampleModel
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, content in none_of_the_classes().items():
+        (photos / name).write_bytes(content)
+    trained_on = [sample_model.split / "train" / record.path for record in read_manifest(sample_model.split / "train")]
+    for label in CLASSES:  # photos it learned: confidently one of the classes
+        shutil.copy(next(path for path in trained_on if path.parent.name == label), photos / f"{label}_photo.jpg")
+    threshold = sample_model.summary["unknown_threshold"]
+
+    result = run("predict", "photos", "--model", str(sample_model.path), "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = {Path(row["path"]).name: row for row in json.loads(result.stdout)}
+    for name in none_of_the_classes():
+        row = rows.pop(name)
+        assert set(row) == {"path", "label", "unknown", "confidence", "probabilities"}
+        assert row["label"] is None and row["unknown"] is True and row["confidence"] < threshold
+        assert list(row["probabilities"]) == CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
+        assert row["confidence"] == max(row["probabilities"].values())
+    assert {name: (row["label"], row["unknown"]) for name, row in rows.items()} == {
+        f"{label}_photo.jpg": (label, False) for label in CLASSES
+    }
+    assert result.stderr.splitlines()[0] == (
+        f"unknown: 2 of 5 images are none of cat, dog, horse (top probability under {threshold:.3f})"
+    )
+    table = run("predict", "photos/noise.png", "--model", str(sample_model.path), cwd=tmp_path).stdout.splitlines()
+    assert table[1].split()[:2] == ["photos/noise.png", "unknown"]
 
 
 def test_labels_come_from_the_name_prefix_or_a_class_folder_below_the_target(tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ import requests
 import torch
 from PIL import Image
 
+from imageclf.manifest import read_manifest
 from imageclf.models import SavedModel, create_model, preprocessing_for, save_model
 from imageclf.serve import MAX_FILES, MAX_UPLOAD_BYTES
+from tests.helpers import SampleModel, none_of_the_classes
 
 pytestmark = pytest.mark.slow  # each test starts the imageclf command, which loads torch
 
@@ -129,6 +131,44 @@ def test_predict_returns_the_objects_imageclf_predict_json_prints(tmp_path: Path
     )
     assert response.json()[0]["true_label"] == "horse" and "true_label" not in response.json()[1]
     assert len({entry["confidence"] for entry in response.json()}) == 3, "each photo is predicted, not one of them"
+
+
+def test_an_image_of_none_of_the_classes_is_unknown_as_imageclf_predict_says(
+    tmp_path: Path, sample_model: SampleModel
+) -> None:
+    uploads = none_of_the_classes()
+    trained_on = sample_model.split / "train" / read_manifest(sample_model.split / "train")[0].path
+    uploads["photo.jpg"] = trained_on.read_bytes()
+    for name, content in uploads.items():
+        (tmp_path / name).write_bytes(content)
+    with running_server(sample_model.path) as address:
+        response = post(address, list(uploads.items()))
+        info = requests.get(f"{address}/info", timeout=30).json()
+        page = requests.get(address, timeout=30).text
+    assert response.status_code == 200, response.text
+    assert [(entry["label"], entry["unknown"]) for entry in response.json()] == [
+        (None, True),
+        (None, True),
+        (trained_on.parent.name, False),
+    ]
+    printed = subprocess.run(
+        [
+            "imageclf",
+            "predict",
+            *(str(tmp_path / name) for name in uploads),
+            "--model",
+            str(sample_model.path),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert_same_predictions(
+        response.json(), [entry | {"path": Path(entry["path"]).name} for entry in json.loads(printed)]
+    )
+    assert info["unknown_threshold"] == sample_model.summary["unknown_threshold"]
+    assert "none of these" in page and "result.unknown" in page
 
 
 def test_refused_files_get_a_4xx_and_one_line_each_and_the_others_are_still_predicted(server: str) -> None:

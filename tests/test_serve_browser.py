@@ -3,6 +3,7 @@
 import json
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -11,6 +12,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from tests.helpers import SampleModel, none_of_the_classes
 from tests.test_serve import METRICS, project_with_model, running_server, sample_photos
 
 pytestmark = [
@@ -68,3 +70,16 @@ def test_the_page_shows_the_test_metrics_and_the_confusion_matrix(server: str, b
     WebDriverWait(browser, 30).until(lambda _: picture.get_property("naturalWidth") > 0)
     assert picture.get_attribute("src").endswith("/plots/confusion_matrix.png")
     assert "cat, dog, horse" in browser.find_element(By.ID, "about").text
+
+
+def test_an_image_of_none_of_the_classes_says_none_of_these_above_its_bars(
+    tmp_path: Path, sample_model: SampleModel, browser: webdriver.Chrome
+) -> None:
+    noise = tmp_path / "noise.png"
+    noise.write_bytes(none_of_the_classes()["noise.png"])
+    with running_server(sample_model.path) as address:
+        browser.get(address)
+        browser.find_element(By.ID, "files").send_keys(str(noise))
+        label = WebDriverWait(browser, 60).until(lambda driver: driver.find_element(By.CSS_SELECTOR, ".result .label"))
+        assert label.text == "none of these"
+        assert len(browser.find_elements(By.CSS_SELECTOR, ".result .bar")) == 3, "the class scores are kept"

@@ -15,8 +15,9 @@ from torch.utils.data import TensorDataset
 
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError
-from imageclf.manifest import ImageDataset
-from imageclf.models import create_model, preprocessing_for
+from imageclf.inference import load_predictor, predict_files
+from imageclf.manifest import ImageDataset, read_manifest
+from imageclf.models import create_model, load_model, preprocessing_for
 from imageclf.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from imageclf.params import TrainParams, load_params
 from imageclf.splitting import make_split
@@ -30,8 +31,9 @@ from imageclf.training import (
     parameter_groups,
     run_fingerprint,
     train_classifier,
+    unknown_threshold,
 )
-from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
+from tests.helpers import CLASSES, PROJECT, SampleModel, make_image_folder, train_config
 
 CPU = torch.device("cpu")
 
@@ -317,3 +319,27 @@ def test_mixed_precision_is_one_code_path_that_only_cuda_switches_on() -> None:
         cuda = Precision(torch.device("cuda"), enabled=True)
         assert cuda.active and cuda.dtype in (torch.bfloat16, torch.float16)
         assert cuda.grad_scaler().is_enabled() == (cuda.dtype == torch.float16)
+
+
+def test_the_unknown_threshold_is_the_highest_that_flags_at_most_one_percent() -> None:
+    confidences = np.random.default_rng(0).uniform(0.3, 1.0, 250)
+    threshold = unknown_threshold(confidences)
+    assert (confidences < threshold).sum() == 2, "floor(1 % of 250)"
+    assert (confidences <= threshold).sum() == 3, "any higher threshold would flag a third"
+    few = np.array([0.9, 0.6, 0.99])
+    assert unknown_threshold(few) == 0.6 and not (few < unknown_threshold(few)).any(), "under 100: none flagged"
+
+
+def test_a_real_training_run_flags_at_most_one_percent_of_val_and_saves_its_threshold(
+    sample_model: SampleModel,
+) -> None:
+    threshold = sample_model.summary["unknown_threshold"]
+    assert sample_model.summary["val_unknown_share"] == 0.0
+    assert load_model(sample_model.path).unknown_threshold == threshold
+    val = [sample_model.split / "val" / record.path for record in read_manifest(sample_model.split / "val")]
+    predictor = load_predictor(sample_model.path)  # the whole model on ONNX Runtime, as predict runs it
+    confidences = np.array([p.probabilities.max() for p in predict_files(predictor, val, "none", 8)])
+    assert len(val) == 9 and threshold > 0.5, "a model that learned the sample is confident on its val photos"
+    # at most floor(1 % of 9) = 0 under it, to within the float32 difference between the two code paths
+    assert (confidences < threshold - 1e-4).sum() == 0
+    assert confidences.min() == pytest.approx(threshold, abs=1e-4), "the highest such threshold"

@@ -160,14 +160,18 @@ def revision_name(entry: dict) -> str:
 
 
 def shown_revisions(shown: list[dict]) -> list[tuple[str, dict]]:
-    """(name, data) of the workspace, each commit and each of their experiments in `dvc exp show --json`."""
+    """(name, data) of the workspace, each commit and each of their experiments in `dvc exp show --json`.
+
+    An experiment running in the workspace is listed with the rev "workspace" and the workspace's files, which
+    still hold the previous experiment's results: it is left out until it has finished and has a commit.
+    """
     revisions = []
     for commit in shown:
         if commit.get("data"):
             revisions.append((revision_name(commit), commit["data"]))
         for experiment in commit.get("experiments") or []:
             for revision in experiment.get("revs") or []:
-                if revision.get("data"):
+                if revision.get("data") and revision["rev"] != "workspace":
                     revisions.append((revision_name(revision), revision["data"]))
     return revisions
 

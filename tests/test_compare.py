@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy.stats import binomtest
 
-from imageclf.compare import Run, compare_runs, load_runs, mcnemar_p_value, repeat_command
+from imageclf.compare import Run, compare_runs, load_runs, mcnemar_p_value, repeat_command, shown_revisions
 from imageclf.errors import UserError
 from tests.helpers import copy_project, without_git_identity
 
@@ -100,6 +100,29 @@ def test_a_run_without_predictions_or_with_other_photos_gets_one_line_and_no_pai
     assert compare_runs([a, elsewhere]).paired_tests == []
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "a and elsewhere have the same seeds but not the same test photos" in lines[0]
+
+
+def test_an_experiment_still_running_in_the_workspace_is_left_out() -> None:
+    """`dvc exp show --json` (DVC 3) while `dvc exp run` runs in the workspace: the running experiment has the rev
+    "workspace" and the workspace's files, the previous experiment's results, which must not count as its own."""
+    finished = {"rev": "2978cd0663f4b4df36bb0266db42e371cb7e8f41", "timestamp": "2026-11-29T19:04:23", "meta": {}}
+    running = {"rev": "workspace", "timestamp": None, "meta": {}}
+    shown = [
+        {
+            "rev": "workspace",
+            "name": None,
+            "data": running,
+            "experiments": [
+                {"revs": [{"rev": "workspace", "name": "grid-b", "error": None, "experiments": None, "data": running}]},
+                {
+                    "revs": [
+                        {"rev": finished["rev"], "name": "grid-a", "error": None, "experiments": None, "data": finished}
+                    ]
+                },
+            ],
+        }
+    ]
+    assert [name for name, _ in shown_revisions(shown)] == ["workspace", "grid-a"]
 
 
 def test_no_finished_experiment_is_one_line(tmp_path: Path) -> None:

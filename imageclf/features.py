@@ -79,6 +79,7 @@ class FeatureExtractor:
     precision: str
     device: torch.device
     calibration: Subset | None = None
+    preprocessing: Preprocessing | None = None  # of the images it is given; names an ONNX Runtime graph's store
     compiled: FeatureFunction | None = None
 
     def key(self, preprocessing: Preprocessing) -> str:
@@ -115,27 +116,27 @@ class FeatureExtractor:
             return []
         return [images_batch.numpy() for images_batch, _ in padded_batches(self.calibration, batch_size)]
 
-    def onnx_graph(self, preprocessing: Preprocessing) -> bytes:
+    def onnx_graph(self) -> bytes:
         """The ONNX Runtime backbone graph (`runtimes.backbone_onnx`), kept in the cache beside its features:
         a later run whose features are all cached still saves the very graph that computed them in its model
         file, without exporting and calibrating again."""
-        path = cache_dir() / f"{self.key(preprocessing)}.onnx"
+        path = cache_dir() / f"{self.key(self.preprocessing)}.onnx"
         if path.is_file():
             return path.read_bytes()
-        size = preprocessing.image_size
+        size = self.preprocessing.image_size
         batch_shape = (EXTRACTION_BATCH_SIZE, 3, size, size)
         calibration = self.calibration_batches(EXTRACTION_BATCH_SIZE)
         graph = backbone_onnx(self.backbone, batch_shape, self.precision, calibration)
         write_atomic(path, graph)
         return graph
 
-    def compile(self, preprocessing: Preprocessing, batch_shape: tuple[int, ...]) -> FeatureFunction:
+    def compile(self, batch_shape: tuple[int, ...]) -> FeatureFunction:
         """The backbone compiled on its runtime, once, when the cache first misses an image."""
         if self.compiled is not None:
             return self.compiled
         if self.runtime == "onnxruntime":
             require_modules(BACKBONE_RUNTIMES[self.runtime], "train.backbone_runtime 'onnxruntime'", TORCH_ADVICE)
-            self.compiled = onnxruntime_function(self.onnx_graph(preprocessing), threads())
+            self.compiled = onnxruntime_function(self.onnx_graph(), threads())
         else:
             calibration = self.calibration_batches(batch_shape[0])
             self.compiled = compile_backbone(
@@ -162,7 +163,7 @@ def feature_extractor(
     if precision == "int8":
         digests = [content_digest(path) for path in train_data.paths]
         calibration = Subset(train_data, calibration_indices(digests, seed, calibration_images))
-    return FeatureExtractor(model_name, backbone, runtime, precision, device, calibration)
+    return FeatureExtractor(model_name, backbone, runtime, precision, device, calibration, train_data.preprocess)
 
 
 def padded_batches(dataset: ImageDataset | Subset, batch_size: int, device: torch.device = CPU) -> Iterator:
@@ -191,13 +192,9 @@ def extract_features(
     total = -(-len(dataset) // batch_size)
     features = []
     for images_batch, count in tqdm(batches, total=total, desc=description, unit="batch"):
-        compiled = extractor.compile(dataset_preprocessing(dataset), tuple(images_batch.shape))
+        compiled = extractor.compile(tuple(images_batch.shape))
         features.append(torch.from_numpy(compiled(images_batch.numpy())[:count]))
     return torch.cat(features)
-
-
-def dataset_preprocessing(dataset: ImageDataset | Subset) -> Preprocessing:
-    return (dataset.dataset if isinstance(dataset, Subset) else dataset).preprocess
 
 
 @dataclass(frozen=True)

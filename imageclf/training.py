@@ -658,6 +658,6 @@ def train_from_params(
         checkpointing.remove()
     saved = SavedModel(model.cpu().eval(), architecture, data.classes, preprocessing, result.unknown_threshold)
     if train.mode == "transfer_learning" and train.backbone_runtime == "onnxruntime":
-        graph = backbone_extractor(model, train_data, train, CPU).onnx_graph(preprocessing)  # cached by now
+        graph = backbone_extractor(model, train_data, train, CPU).onnx_graph()  # cached by now
         saved = replace(saved, backbone_onnx=graph, backbone_precision=train.backbone_precision)
     return saved, result

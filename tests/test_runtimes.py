@@ -55,7 +55,8 @@ def test_int8_features_give_the_fp32_labels_on_the_sample(runtime: str, lite0: t
     fp32 = compile_backbone("torch", lite0, batch.shape, "fp32")(batch)
     int8 = compile_backbone(runtime, lite0, batch.shape, "int8", calibration)(batch)
     assert not np.allclose(int8, fp32, atol=1e-3), "int8 computes in integers: close, not equal"
-    assert imagenet_labels(int8) == imagenet_labels(fp32)
+    differ = [i for i, (a, b) in enumerate(zip(imagenet_labels(int8), imagenet_labels(fp32), strict=True)) if a != b]
+    assert len(differ) <= 1, f"int8 and fp32 disagree on images {differ} of 16 (the bar: at most one photo)"
 
 
 @pytest.mark.parametrize("runtime", FAST_RUNTIMES)

@@ -86,9 +86,9 @@ def tiny_params(raw_dir: Path) -> dict:
     }
 
 
-def dvc_repro(project: Path) -> tuple[set[str], str]:
-    """Run the real `dvc repro`; return the stages it ran and its output."""
-    result = subprocess.run(["dvc", "repro"], cwd=project, capture_output=True, text=True)
+def dvc_repro(project: Path, *targets: str) -> tuple[set[str], str]:
+    """Run the real `dvc repro [targets]`; return the stages it ran and its output."""
+    result = subprocess.run(["dvc", "repro", *targets], cwd=project, capture_output=True, text=True)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     ran = {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -49,6 +50,16 @@ def project_with_checkpoints(tmp_path: Path) -> Path:
     return copy_project(tmp_path / "project", **params)
 
 
+@pytest.fixture(scope="module")
+def killed_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project whose first `dvc repro train` was killed after its first checkpoint: the stages before train
+    have run, train has not finished. Copy it before resuming."""
+    project = project_with_checkpoints(tmp_path_factory.mktemp("killed"))
+    kill_after_first_checkpoint(project)
+    assert (project / "checkpoints/train.pt").exists() and not (project / "models/model.pt").exists()
+    return project
+
+
 def outcome(project: Path) -> tuple[str, str]:
     """The model file's hash and the training metrics."""
     model = hashlib.sha256((project / "models/model.pt").read_bytes()).hexdigest()
@@ -62,11 +73,10 @@ def repro_train(project: Path, *options: str) -> str:
     return result.stdout + result.stderr
 
 
-def test_a_killed_training_resumes_from_its_checkpoint_unless_a_train_param_changed(tmp_path: Path) -> None:
-    project = project_with_checkpoints(tmp_path)
-    kill_after_first_checkpoint(project)
-    assert not (project / "models/model.pt").exists()
-
+def test_a_killed_training_resumes_from_its_checkpoint_unless_a_train_param_changed(
+    killed_project: Path, tmp_path: Path
+) -> None:
+    project = shutil.copytree(killed_project, tmp_path / "project", symlinks=True)
     output = repro_train(project)
     resumed_at = int(re.search(r"resuming from the checkpoint of epoch (\d+)", output).group(1))
     assert 1 <= resumed_at < EPOCHS
@@ -85,10 +95,9 @@ def test_a_killed_training_resumes_from_its_checkpoint_unless_a_train_param_chan
     assert outcome(project) == resumed
 
 
-def test_a_killed_training_starts_over_when_the_augmented_images_changed(tmp_path: Path) -> None:
+def test_a_killed_training_starts_over_when_the_augmented_images_changed(killed_project: Path, tmp_path: Path) -> None:
     """A new `augment.seed` keeps the augmented manifest (it names each source photo) and changes the pictures."""
-    project = project_with_checkpoints(tmp_path)
-    kill_after_first_checkpoint(project)
+    project = shutil.copytree(killed_project, tmp_path / "project", symlinks=True)
     set_params(project, augment__seed=7)
     output = repro_train(project)
     assert "discarding checkpoint" in output and "resuming" not in output

@@ -91,7 +91,7 @@ def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
     """Copy one training image as split stored it and write `copies` augmented variants of it."""
     source_dir, out_dir, record, copies, seed = job
     original = (source_dir / record.path).read_bytes()
-    image = open_rgb(original)
+    image = open_rgb(original) if copies else None  # the original is copied byte for byte, never decoded
     written = []
     for copy in range(copies + 1):
         if copy == 0:

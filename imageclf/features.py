@@ -204,6 +204,25 @@ class CachedFeatures:
     computed: int
 
 
+def read_store(path: Path) -> dict[str, torch.Tensor]:
+    """A store's features by image digest; empty when there is none yet or it is damaged (rebuilt, never trusted)."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return dict(zip(saved["digests"], saved["features"], strict=True))
+    except Exception:
+        return {}
+
+
+def write_store(path: Path, store: dict[str, torch.Tensor]) -> None:
+    """One matrix and the digests of its rows: loading 3,000 vectors as one tensor takes a tenth of a second,
+    as 3,000 tensors more than a second."""
+    buffer = io.BytesIO()
+    torch.save({"digests": list(store), "features": torch.stack(list(store.values()))}, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
 def cached_features(extractor: FeatureExtractor, dataset: ImageDataset, description: str) -> CachedFeatures:
     """The (features, labels) of `dataset`, computing only the images the cache does not hold yet.
 
@@ -211,22 +230,15 @@ def cached_features(extractor: FeatureExtractor, dataset: ImageDataset, descript
     batch size reuses them and a warm cache gives the same features as a cold one.
     """
     store_path = cache_dir() / f"{extractor.key(dataset.preprocess)}.pt"
-    store: dict[str, torch.Tensor] = {}
-    if store_path.is_file():
-        try:
-            store = torch.load(store_path, map_location="cpu", weights_only=True)
-        except Exception:  # a damaged store is rebuilt, never trusted
-            store = {}
+    store = read_store(store_path)
     digests = [content_digest(path) for path in dataset.paths]
     missing = sorted({digest: index for index, digest in enumerate(digests) if digest not in store}.values())
     if missing:
         computed = extract_features(
             extractor, Subset(dataset, missing), EXTRACTION_BATCH_SIZE, f"features of {description}"
         )
-        store.update({digests[index]: vector.clone() for index, vector in zip(missing, computed, strict=True)})
-        buffer = io.BytesIO()
-        torch.save(store, buffer)
-        write_atomic(store_path, buffer.getvalue())
+        store.update({digests[index]: vector for index, vector in zip(missing, computed, strict=True)})
+        write_store(store_path, store)
     reused = len(digests) - len(missing)
     tqdm.write(f"features of {description}: {reused} images from the cache, {len(missing)} computed")
     features = torch.stack([store[digest] for digest in digests])

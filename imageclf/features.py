@@ -26,6 +26,7 @@ from imageclf.caches import CACHE_ENVIRONMENT_VARIABLE as CACHE_ENVIRONMENT_VARI
 from imageclf.caches import cache_dir
 from imageclf.device import loader_options
 from imageclf.engines import onnxruntime_function
+from imageclf.errors import UserError
 from imageclf.files import write_atomic
 from imageclf.images import Preprocessing
 from imageclf.manifest import ImageDataset
@@ -193,7 +194,18 @@ def extract_features(
     features = []
     for images_batch, count in tqdm(batches, total=total, desc=description, unit="batch"):
         compiled = extractor.compile(tuple(images_batch.shape))
-        features.append(torch.from_numpy(compiled(images_batch.numpy())[:count]))
+        try:
+            computed = compiled(images_batch.numpy())
+        except Exception as error:  # ONNX Runtime and OpenVINO raise their own types for graphs they cannot run
+            if extractor.runtime == "torch":
+                raise
+            size = images_batch.shape[-1]
+            raise UserError(
+                f"train.backbone_runtime {extractor.runtime} ({extractor.precision}) cannot run train.model "
+                f"'{extractor.model_name}' at {size} px ({str(error).splitlines()[0][:160]}): set "
+                "train.backbone_precision: fp32, a larger data.image_size, or train.backbone_runtime: torch"
+            ) from None
+        features.append(torch.from_numpy(computed[:count]))
     return torch.cat(features)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from imageclf.errors import UserError
 from imageclf.features import (
     CACHE_ENVIRONMENT_VARIABLE,
     EXTRACTION_BATCH_SIZE,
@@ -128,4 +129,26 @@ def test_calibration_images_depend_on_the_seed_and_the_images_not_their_order() 
     assert sorted(digests[index] for index in chosen) == sorted(digests[::-1][index] for index in reversed_chosen)
     assert calibration_indices(digests + digests[:5], seed=7, count=200) == calibration_indices(digests, 7, 200), (
         "a photo stored twice is calibrated on once"
+    )
+
+
+def test_a_graph_the_runtime_cannot_run_is_one_line_saying_how_to_do_without(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8 ONNX Runtime fails on TensorFlow-padded Lite0 at 32 px (a QLinearConv shape error): one line, not a
+    traceback from inside the runtime."""
+    monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
+    make_split(make_image_folder(tmp_path / "raw", per_class=4), CLASSES, 32, 0.25, 0.25, 0, tmp_path / "split")
+    preprocessing = preprocessing_for("tf_efficientnet_lite0", 32)
+    dataset = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing)
+    backbone = create_model("tf_efficientnet_lite0", 3, 32, pretrained=True).backbone
+    extractor = feature_extractor("tf_efficientnet_lite0", backbone, "onnxruntime", "int8", CPU, dataset, seed=0)
+    with pytest.raises(UserError) as raised:
+        cached_features(extractor, dataset, "train")
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(
+        "train.backbone_runtime onnxruntime (int8) cannot run train.model 'tf_efficientnet_lite0' at 32 px ("
+    )
+    assert message.endswith(
+        "set train.backbone_precision: fp32, a larger data.image_size, or train.backbone_runtime: torch"
     )

@@ -178,7 +178,10 @@ def test_every_model_trains_a_step_in_every_mode(
         if pretrained and weights:
             assert all(torch.equal(backbone[key], saved[key]) for key in backbone), "train.weights not loaded"
         before = copy.deepcopy(model.state_dict())
-        config = train_config(model=name, mode=mode, epochs=1, batch_size=len(images), lr=0.01)
+        # fp32 features: int8 ONNX Runtime cannot run tf_efficientnet_lite0 at 32 px (a QLinearConv shape error)
+        config = train_config(
+            model=name, mode=mode, epochs=1, batch_size=len(images), lr=0.01, backbone_precision="fp32"
+        )
         train_classifier(model, images, images, config, torch.device("cpu"))
         changed = {key for key, value in model.state_dict().items() if not torch.equal(value, before[key])}
         assert {"head.1.weight", "head.1.bias"} <= changed, mode

@@ -61,7 +61,7 @@ def test_repro_with_nothing_changed_runs_nothing(reproduced_project: Path, tmp_p
     ("key", "value", "expected"),
     [
         ("train__lr", 0.01, {"train", "evaluate"}),
-        ("augment__copies", 2, {"augment", "train", "evaluate"}),
+        ("augment__seed", 7, {"augment", "train", "evaluate"}),  # with tiny_params' one copy per image
         ("evaluate__batch_size", 4, {"evaluate"}),
         ("split__seed", 7, ALL_STAGES),
     ],

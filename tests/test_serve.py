@@ -102,6 +102,17 @@ def blank_png(size: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
+def predicted_json(photos: list[Path], model: Path) -> list[dict]:
+    """What `imageclf predict --json` prints for `photos`, each path shortened to its file name as uploads are."""
+    printed = subprocess.run(
+        ["imageclf", "predict", *map(str, photos), "--model", str(model), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [entry | {"path": Path(entry["path"]).name} for entry in json.loads(printed)]
+
+
 def assert_same_predictions(got: list[dict], expected: list[dict]) -> None:
     """The same objects (keys, paths, classes) with probabilities equal to float32 rounding."""
     assert [{**entry, "confidence": 0, "probabilities": 0} for entry in got] == [
@@ -120,15 +131,7 @@ def test_predict_returns_the_objects_imageclf_predict_json_prints(tmp_path: Path
     response = post(server, [(photo.name, photo.read_bytes()) for photo in photos])
     assert response.status_code == 200, response.text
 
-    printed = subprocess.run(
-        ["imageclf", "predict", *map(str, photos), "--model", str(model), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert_same_predictions(
-        response.json(), [entry | {"path": Path(entry["path"]).name} for entry in json.loads(printed)]
-    )
+    assert_same_predictions(response.json(), predicted_json(photos, model))
     assert response.json()[0]["true_label"] == "horse" and "true_label" not in response.json()[1]
     assert len({entry["confidence"] for entry in response.json()}) == 3, "each photo is predicted, not one of them"
 
@@ -151,22 +154,7 @@ def test_an_image_of_none_of_the_classes_is_unknown_as_imageclf_predict_says(
         (None, True),
         (trained_on.parent.name, False),
     ]
-    printed = subprocess.run(
-        [
-            "imageclf",
-            "predict",
-            *(str(tmp_path / name) for name in uploads),
-            "--model",
-            str(sample_model.path),
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert_same_predictions(
-        response.json(), [entry | {"path": Path(entry["path"]).name} for entry in json.loads(printed)]
-    )
+    assert_same_predictions(response.json(), predicted_json([tmp_path / name for name in uploads], sample_model.path))
     assert info["unknown_threshold"] == sample_model.summary["unknown_threshold"]
     assert "none of these" in page and "result.unknown" in page
 

@@ -42,15 +42,22 @@ class RangeTest:
 
 
 def steepest_descent(lrs: list[float], losses: list[float]) -> float:
-    """The learning rate where the smoothed loss falls fastest per decade of learning rate, leaving out the
-    first SKIP_START and last SKIP_END steps as fastai does (the average is still settling; the loss turns up)."""
+    """The learning rate where the smoothed loss falls fastest per decade of learning rate, up to its lowest point,
+    leaving out the first SKIP_START and last SKIP_END steps as fastai does (the average is still settling; the
+    loss turns up).
+
+    Past the lowest point the loss is diverging: a dip there (fine-tuning Lite0 with batches of 16 had one at
+    lr 0.74, after the loss had doubled) is noise on the way up, not a rate to train at.
+    """
     if len(lrs) < SKIP_START + SKIP_END + 3:
         raise UserError(
             f"the loss diverged after {len(lrs)} steps: too few to suggest a learning rate; try more --steps"
         )
     kept = slice(SKIP_START, len(lrs) - SKIP_END)
-    slopes = np.gradient(np.array(losses[kept]), np.log10(lrs[kept]))
-    return lrs[kept][int(np.argmin(slopes))]
+    kept_losses = np.array(losses[kept])
+    slopes = np.gradient(kept_losses, np.log10(lrs[kept]))
+    lowest = int(np.argmin(kept_losses))
+    return lrs[kept][int(np.argmin(slopes[: lowest + 1]))]
 
 
 def range_test(

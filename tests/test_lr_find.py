@@ -43,7 +43,8 @@ def test_the_rate_grows_exponentially_the_loss_is_smoothed_and_the_test_stops_wh
     assert max(test.losses) <= 4 * min(test.losses), "the recorded losses stop before 4× the best"
     kept = slice(SKIP_START, len(test.lrs) - SKIP_END)
     slopes = np.gradient(np.array(test.losses[kept]), np.log10(test.lrs[kept]))
-    assert test.suggestion == test.lrs[kept][int(np.argmin(slopes))]
+    lowest = int(np.argmin(test.losses[kept]))
+    assert test.suggestion == test.lrs[kept][int(np.argmin(slopes[: lowest + 1]))]
     assert 1e-3 < test.suggestion < 1, "where plain SGD on this data learns fastest, not at the flat start"
     assert min(test.losses) < test.losses[0] / 2, "the loss fell before it diverged"
 
@@ -54,6 +55,16 @@ def test_the_suggestion_leaves_out_the_first_and_last_steps_as_fastai_does() -> 
     losses[30:35] = [0.9, 0.7, 0.5, 0.3, 0.2]  # the real descent
     losses[-SKIP_END:] = [0.2, 0.15, 0.1, 0.05, 0.0]  # steep, but in the last steps
     assert steepest_descent(lrs, losses) in lrs[30:35]
+
+
+def test_a_dip_while_the_loss_diverges_is_not_suggested() -> None:
+    """Fine-tuning with small batches: past its lowest point the loss climbs with a steep dip on the way up."""
+    lrs = list(np.logspace(-7, 1, 60))
+    losses = [1.2] * 60
+    losses[25:35] = [1.15, 1.1, 1.05, 1.0, 0.95, 0.93, 0.92, 0.91, 0.9, 0.9]  # the real, gentle descent
+    losses[35:] = [1.0 + 0.1 * step for step in range(25)]  # diverging
+    losses[45] = 0.95  # a dip far steeper than the descent, after the lowest point
+    assert steepest_descent(lrs, losses) in lrs[25:35]
 
 
 def test_lr_find_suggests_a_rate_and_writes_only_its_plot(reproduced_project: Path, tmp_path: Path) -> None:

@@ -25,10 +25,10 @@ from torch import nn
 
 from imageclf.device import select_device
 from imageclf.errors import UserError
-from imageclf.features import CALIBRATION_IMAGES, calibration_indices, content_digest
+from imageclf.features import CALIBRATION_IMAGES, calibration_indices
 from imageclf.images import open_rgb
 from imageclf.inference import METADATA_KEY, Predictor, export_metadata
-from imageclf.manifest import read_manifest
+from imageclf.manifest import content_digest, read_manifest
 from imageclf.models import SavedModel, load_model
 from imageclf.runtimes import BACKBONE_RUNTIMES, onnx_model, quantize_onnx, quantize_openvino, require_modules
 

@@ -55,10 +55,6 @@ DECODE_WORKERS = 1
 CALIBRATION_IMAGES = 320  # int8: training images whose activation ranges set the quantization (10 batches)
 
 
-def content_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def calibration_indices(digests: list[str], seed: int, count: int = CALIBRATION_IMAGES) -> list[int]:
     """`count` distinct images, ranked by a seeded hash of their content: the choice depends on the seed and the
     images only, not on their order, and adding an image changes it only if the new one ranks among the first."""
@@ -109,7 +105,7 @@ class FeatureExtractor:
         return digest.hexdigest()[:32]
 
     def calibration_digests(self) -> list[str]:
-        return [content_digest(self.calibration.dataset.paths[index]) for index in self.calibration.indices]
+        return [self.calibration.dataset.digests[index] for index in self.calibration.indices]
 
     def calibration_batches(self, batch_size: int) -> list[np.ndarray]:
         """int8: the calibration images, preprocessed, in batches of `batch_size`; none for fp32."""
@@ -162,7 +158,7 @@ def feature_extractor(
     if not BACKBONE_RUNTIMES[runtime].uses_device:
         device = CPU
     if precision == "int8":
-        digests = [content_digest(path) for path in train_data.paths]
+        digests = train_data.digests
         calibration = Subset(train_data, calibration_indices(digests, seed, calibration_images))
     return FeatureExtractor(model_name, backbone, runtime, precision, device, calibration, train_data.preprocess)
 
@@ -243,7 +239,7 @@ def cached_features(extractor: FeatureExtractor, dataset: ImageDataset, descript
     """
     store_path = cache_dir() / f"{extractor.key(dataset.preprocess)}.pt"
     store = read_store(store_path)
-    digests = [content_digest(path) for path in dataset.paths]
+    digests = dataset.digests
     missing = sorted({digest: index for index, digest in enumerate(digests) if digest not in store}.values())
     if missing:
         computed = extract_features(

@@ -603,8 +603,8 @@ def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDat
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for dataset in (train_data, val_data):
         digest.update(str(len(dataset)).encode())
-        for path, label in zip(dataset.paths, dataset.labels, strict=True):
-            digest.update(f"{label}:".encode() + hashlib.sha256(Path(path).read_bytes()).digest())
+        for file_digest, label in zip(dataset.digests, dataset.labels, strict=True):
+            digest.update(f"{label}:{file_digest}".encode())
     return digest.hexdigest()
 
 

@@ -21,10 +21,9 @@ import torch
 from imageclf.engines import onnxruntime_function
 from imageclf.errors import UserError
 from imageclf.export import CALIBRATION_BATCH_SIZE, calibration_batches, export_command
-from imageclf.features import content_digest
 from imageclf.images import open_rgb
 from imageclf.inference import load_predictor
-from imageclf.manifest import ImageDataset, Record, write_manifest
+from imageclf.manifest import ImageDataset, Record, content_digest, write_manifest
 from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
 from imageclf.params import load_params
 from imageclf.runtimes import onnx_model

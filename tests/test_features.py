@@ -33,11 +33,16 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
 ) -> None:
     monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
     make_split(make_image_folder(tmp_path / "raw", per_class=4), CLASSES, 32, 0.25, 0.25, 0, tmp_path / "split")
-    dataset = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing_for("efficientnet_lite0", 32))
+
+    def train_split(size: int = 32) -> ImageDataset:  # read anew, as each run of the train stage reads it
+        preprocessing = preprocessing_for("efficientnet_lite0", size)
+        return ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing)
+
+    dataset = train_split()
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
 
-    def features(backbone: torch.nn.Module = model.backbone, data: ImageDataset = dataset) -> tuple:
-        result = cached_features(torch_extractor(backbone), data, "train")
+    def features(backbone: torch.nn.Module = model.backbone, data: ImageDataset | None = None) -> tuple:
+        result = cached_features(torch_extractor(backbone), data or train_split(), "train")
         return (result.reused, result.computed), result.dataset.tensors[0]
 
     counts, first = features()
@@ -54,8 +59,7 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
     assert counts == (len(dataset) - 1, 1)
     assert not torch.equal(after_edit[0], first[0]) and torch.equal(after_edit[1:], first[1:])
 
-    larger = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing_for("efficientnet_lite0", 48))
-    assert features(data=larger)[0] == (0, len(dataset))
+    assert features(data=train_split(48))[0] == (0, len(dataset))
 
     torch.manual_seed(0)
     other_weights = create_model("efficientnet_lite0", 3, 32, pretrained=False).backbone

@@ -295,7 +295,8 @@ def test_a_checkpoint_of_other_params_or_data_is_discarded(tmp_path: Path) -> No
     assert run_fingerprint(params, val_data, val_data) != fingerprint
     redrawn = train_data.paths[0]
     redrawn.write_bytes(val_data.paths[0].read_bytes())  # same manifest, other picture (as a new augment.seed)
-    assert run_fingerprint(params, train_data, val_data) != fingerprint
+    reread = ImageDataset(train_data.paths, train_data.labels, train_data.sources, train_data.preprocess)
+    assert run_fingerprint(params, reread, val_data) != fingerprint, "the next run reads the folder anew"
 
 
 def test_the_device_is_chosen_automatically_and_a_missing_one_is_named() -> None:

@@ -18,6 +18,14 @@ class UserError(Exception):
     """A problem the user can fix (bad params, missing folder, wrong model file); printed as one line."""
 
 
+def message_of(error: UserError) -> str:
+    """The error's one line. A UserError raised in a DataLoader worker process comes back with the worker's
+    traceback in its message, ending in the original line, which is all that is kept."""
+    lines = str(error).rstrip().splitlines()
+    prefix = f"{UserError.__module__}.{UserError.__name__}: "
+    return lines[-1].removeprefix(prefix) if len(lines) > 1 and lines[-1].startswith(prefix) else str(error)
+
+
 def exits_cleanly(main: Callable[..., T]) -> Callable[..., T]:
     """Run `main`, turning a UserError into `error: <message>` on stderr and exit status 1."""
 
@@ -26,7 +34,7 @@ def exits_cleanly(main: Callable[..., T]) -> Callable[..., T]:
         try:
             return main(*args, **kwargs)
         except UserError as error:
-            print(f"error: {error}", file=sys.stderr)
+            print(f"error: {message_of(error)}", file=sys.stderr)
             raise SystemExit(1) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

@@ -5,8 +5,10 @@ from pathlib import Path
 import numpy as np
 
 from imageclf.errors import UserError, warn
+from imageclf.features import FeatureExtractor, cached_features
 from imageclf.files import write_csv, write_json
 from imageclf.inference import (
+    PREDICTORS,
     Predictor,
     is_unknown,
     labelled_scores,
@@ -14,8 +16,9 @@ from imageclf.inference import (
     predict_files,
     predict_folder,
 )
-from imageclf.manifest import read_manifest
+from imageclf.manifest import ImageDataset, read_manifest
 from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
+from imageclf.models import graph_and_head
 from imageclf.params import Params
 from imageclf.reports import (
     Miss,
@@ -83,19 +86,38 @@ def score_test_images(model: Predictor, folder: Path, params: Params) -> dict:
     return scores | unknown_scores(true, probabilities, model.classes, model.unknown_threshold)
 
 
-def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:
-    """Write metrics, predictions, precision-recall curves, pictures and the report into `out_dir`."""
-    classes = params.data.classes
-    model = load_model_for(model_path, classes)
-    records = read_manifest(test_dir)
-    images = [test_dir / record.path for record in records]
+def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, params: Params) -> np.ndarray:
+    """Each test photo's class probabilities, in manifest order.
+
+    A model file that carries the backbone graph its head was trained on (transfer learning on ONNX Runtime) gets
+    the test photos' features from the feature cache, where the first evaluate with that graph put them: after a
+    change to the head, only the head runs again. Otherwise, and with test-time augmentation, the model runs on
+    the photos.
+    """
+    carried = None
+    if params.evaluate.tta == "none" and model_path.suffix.lower() not in PREDICTORS:
+        carried = graph_and_head(model_path)
+    if carried is not None:
+        dataset = ImageDataset.from_manifest(test_dir, params.data.classes, model.preprocessing)
+        extractor = FeatureExtractor.of_graph(model.name, carried.graph, carried.precision, model.preprocessing)
+        return carried.probabilities(cached_features(extractor, dataset, "test").dataset.tensors[0])
+    images = [test_dir / record.path for record in read_manifest(test_dir)]
     predictions = list(
         predict_files(model, images, params.evaluate.tta, params.evaluate.batch_size, description="evaluate")
     )
     unreadable = [prediction for prediction in predictions if prediction.probabilities is None]
     if unreadable:
         raise UserError(f"cannot read '{unreadable[0].path}' ({unreadable[0].error}): rerun the split stage")
-    probabilities = np.stack([prediction.probabilities for prediction in predictions])
+    return np.stack([prediction.probabilities for prediction in predictions])
+
+
+def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:
+    """Write metrics, predictions, precision-recall curves, pictures and the report into `out_dir`."""
+    classes = params.data.classes
+    model = load_model_for(model_path, classes)
+    records = read_manifest(test_dir)
+    images = [test_dir / record.path for record in records]
+    probabilities = class_probabilities(model, model_path, test_dir, params)
     true = [record.label for record in records]
     predicted = [classes[index] for index in probabilities.argmax(axis=1)]
 

@@ -71,13 +71,20 @@ class FeatureExtractor:
     """
 
     model_name: str
-    backbone: nn.Module
+    backbone: nn.Module | None  # None for a graph a model file carries
     runtime: str
     precision: str
     device: torch.device
     calibration: Subset | None = None
     preprocessing: Preprocessing | None = None  # of the images it is given; names an ONNX Runtime graph's store
     compiled: FeatureFunction | None = None
+    graph: bytes | None = None  # onnxruntime: the backbone graph, once exported, calibrated or read
+
+    @classmethod
+    def of_graph(cls, model_name: str, graph: bytes, precision: str, preprocessing: Preprocessing):
+        """The extractor of a backbone graph a model file carries (`models.SavedModel.backbone_onnx`), for
+        evaluate: it finds the features its graph computed before, whatever run computed them."""
+        return cls(model_name, None, "onnxruntime", precision, CPU, preprocessing=preprocessing, graph=graph)
 
     def key(self, preprocessing: Preprocessing) -> str:
         """The name of the store that holds these features of images preprocessed by `preprocessing`."""
@@ -104,6 +111,13 @@ class FeatureExtractor:
             digest.update(json.dumps(self.calibration_digests()).encode())
         return digest.hexdigest()[:32]
 
+    def store_key(self, preprocessing: Preprocessing) -> str:
+        """The name of the store of these features: `key`, or for ONNX Runtime `graph_key` of the graph itself,
+        so that evaluate, which has only the graph a model file carries, shares the store of the train stage."""
+        if self.runtime == "onnxruntime":
+            return graph_key(self.onnx_graph(), preprocessing)
+        return self.key(preprocessing)
+
     def calibration_digests(self) -> list[str]:
         return [self.calibration.dataset.digests[index] for index in self.calibration.indices]
 
@@ -117,15 +131,18 @@ class FeatureExtractor:
         """The ONNX Runtime backbone graph (`runtimes.backbone_onnx`), kept in the cache beside its features:
         a later run whose features are all cached still saves the very graph that computed them in its model
         file, without exporting and calibrating again."""
+        if self.graph is not None:
+            return self.graph
         path = cache_dir() / f"{self.key(self.preprocessing)}.onnx"
         if path.is_file():
-            return path.read_bytes()
+            self.graph = path.read_bytes()
+            return self.graph
         size = self.preprocessing.image_size
         batch_shape = (EXTRACTION_BATCH_SIZE, 3, size, size)
         calibration = self.calibration_batches(EXTRACTION_BATCH_SIZE)
-        graph = backbone_onnx(self.backbone, batch_shape, self.precision, calibration)
-        write_atomic(path, graph)
-        return graph
+        self.graph = backbone_onnx(self.backbone, batch_shape, self.precision, calibration)
+        write_atomic(path, self.graph)
+        return self.graph
 
     def compile(self, batch_shape: tuple[int, ...]) -> FeatureFunction:
         """The backbone compiled on its runtime, once, when the cache first misses an image."""
@@ -140,6 +157,23 @@ class FeatureExtractor:
                 self.runtime, self.backbone, batch_shape, self.precision, calibration, self.device
             )
         return self.compiled
+
+
+def graph_key(graph: bytes, preprocessing: Preprocessing) -> str:
+    """The name of the store of the features an ONNX Runtime backbone graph computes from images preprocessed by
+    `preprocessing`: the graph holds the architecture, the weights and the calibration."""
+    digest = hashlib.sha256()
+    settings = {
+        "image_size": preprocessing.image_size,
+        "mean": list(preprocessing.mean),
+        "std": list(preprocessing.std),
+        "batch_size": EXTRACTION_BATCH_SIZE,
+        "versions": [version("pillow"), *runtime_versions("onnxruntime")],
+    }
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    digest.update(inspect.getsource(images).encode())
+    digest.update(graph)
+    return digest.hexdigest()[:32]
 
 
 def feature_extractor(
@@ -237,7 +271,7 @@ def cached_features(extractor: FeatureExtractor, dataset: ImageDataset, descript
     Features are computed in batches of `EXTRACTION_BATCH_SIZE`, whatever `train.batch_size` is, so a changed
     batch size reuses them and a warm cache gives the same features as a cold one.
     """
-    store_path = cache_dir() / f"{extractor.key(dataset.preprocess)}.pt"
+    store_path = cache_dir() / f"{extractor.store_key(dataset.preprocess)}.pt"
     store = read_store(store_path)
     digests = dataset.digests
     missing = sorted({digest: index for index, digest in enumerate(digests) if digest not in store}.values())

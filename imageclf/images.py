@@ -13,6 +13,8 @@ IMAGE_FORMATS = frozenset({"JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF"})
 # What operating systems and zip tools leave in photo folders (compared in lower case); names starting with '.' too.
 SYSTEM_FILES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx"})
 JPEG_QUALITY = 95
+# What Pillow raises for a file it cannot decode.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def is_hidden(path: Path) -> bool:

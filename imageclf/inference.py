@@ -27,10 +27,9 @@ from imageclf.caches import cache_dir
 from imageclf.engines import BatchFunction, cpu_threads, onnxruntime_session, openvino_function
 from imageclf.errors import UserError
 from imageclf.files import write_atomic
-from imageclf.images import Preprocessing, is_image_name, open_rgb
+from imageclf.images import DECODE_ERRORS, Preprocessing, is_image_name, open_rgb
 from imageclf.views import TTA
 
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 # Where `imageclf export` puts its metadata: ONNX `metadata_props` and OpenVINO `rt_info`, one JSON text each.
 METADATA_KEY = "imageclf"
 # Threads that decode and resize photos while the model runs on the previous batch (PIL releases the GIL). None by

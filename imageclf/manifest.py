@@ -11,7 +11,7 @@ import torch
 from imageclf.errors import UserError
 from imageclf.files import write_csv
 from imageclf.folders import find_images
-from imageclf.images import Preprocessing, open_rgb
+from imageclf.images import DECODE_ERRORS, Preprocessing, open_rgb
 
 MANIFEST_NAME = "manifest.csv"
 
@@ -89,5 +89,11 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
+        try:
+            image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
+        except DECODE_ERRORS as error:
+            raise UserError(
+                f"cannot read '{self.paths[index]}' ({type(error).__name__}: {error}): the stages write only "
+                "images they checked; rebuild their folders with dvc repro --force"
+            ) from None
         return torch.from_numpy(self.preprocess(image)), self.labels[index]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.error import URLError
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,6 +42,10 @@ class ModelSpec:
     load_weights: Callable[[nn.Module, StateDict], None]
     imagenet_weights: Callable[[], StateDict] | None = None
     min_image_size: int = 32
+
+
+# The state dict prefix of the linear layer in a Classifier's head (dropout, linear).
+HEAD_LINEAR = "head.1"
 
 
 class Classifier(nn.Module):
@@ -329,8 +334,8 @@ def backbone_entries(saved: SavedModel) -> dict:
     return {"backbone_onnx": graph, "backbone_precision": saved.backbone_precision}
 
 
-def load_model(path: Path) -> SavedModel:
-    """Load a file written by `save_model`, in eval mode, refusing anything else with one line."""
+def read_model_file(path: Path) -> dict:
+    """The contents of a file written by `save_model`, refusing anything else with one line."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"model file '{path}' not found: train one with dvc repro, or pass --model PATH")
@@ -343,6 +348,12 @@ def load_model(path: Path) -> SavedModel:
             f"'{path}' is not a model file written by this project (expected keys: "
             f"{', '.join(sorted(MODEL_FILE_KEYS))})"
         )
+    return saved
+
+
+def load_model(path: Path) -> SavedModel:
+    """Load a file written by `save_model`, in eval mode, refusing anything else with one line."""
+    saved = read_model_file(path)
     preprocessing = Preprocessing(saved["image_size"], tuple(saved["mean"]), tuple(saved["std"]))
     model = create_model(saved["model"], len(saved["classes"]), saved["image_size"], pretrained=False)
     try:
@@ -361,4 +372,33 @@ def load_model(path: Path) -> SavedModel:
         unknown_threshold=None if threshold is None else float(threshold),
         backbone_onnx=None if graph is None else graph.numpy().tobytes(),
         backbone_precision=saved.get("backbone_precision", "fp32"),
+    )
+
+
+@dataclass(frozen=True)
+class GraphAndHead:
+    """A transfer-learning model file's backbone graph, at its precision, and its head's linear layer (dropout
+    does nothing at prediction): features in, class probabilities out, as its ONNX export computes them."""
+
+    graph: bytes
+    precision: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+
+    def probabilities(self, features: torch.Tensor) -> np.ndarray:
+        return torch.softmax(nn.functional.linear(features, self.weight, self.bias), dim=1).numpy()
+
+
+def graph_and_head(path: Path) -> GraphAndHead | None:
+    """The backbone graph a model file carries with its head, None when it carries none; read without building
+    the architecture, whose timm import alone takes 3 s."""
+    saved = read_model_file(path)
+    if saved.get("backbone_onnx") is None:
+        return None
+    state_dict = saved["state_dict"]
+    return GraphAndHead(
+        saved["backbone_onnx"].numpy().tobytes(),
+        saved["backbone_precision"],
+        state_dict[f"{HEAD_LINEAR}.weight"],
+        state_dict[f"{HEAD_LINEAR}.bias"],
     )

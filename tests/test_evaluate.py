@@ -12,11 +12,12 @@ import yaml
 from PIL import Image
 
 from imageclf.errors import UserError
-from imageclf.evaluation import evaluate, score_test_images
-from imageclf.inference import load_predictor
+from imageclf.evaluation import class_probabilities, evaluate, score_test_images
+from imageclf.inference import load_predictor, predict_files
+from imageclf.manifest import read_manifest
 from imageclf.params import load_params
 from imageclf.splitting import make_split
-from tests.helpers import CLASSES, PROJECT, dvc_repro, make_image_folder, set_params
+from tests.helpers import CLASSES, PROJECT, SampleModel, dvc_repro, make_image_folder, set_params
 from tests.test_predict import save_always_cat
 
 PICTURES = ("confusion_matrix", "misclassified", "precision_recall", "training_curves")
@@ -86,6 +87,38 @@ def test_dvc_plots_show_finds_every_declared_plot_with_its_fields(reproduced_pro
         assert plot["type"] == "image"
         with Image.open(reproduced_project / f"metrics/plots/{picture}.png") as image:
             assert image.format == "PNG" and min(image.size) >= 100
+
+
+def test_test_features_come_from_the_cache_and_score_as_the_model_file_predicts(
+    sample_model: SampleModel, capsys: pytest.CaptureFixture
+) -> None:
+    """A model that carries its backbone graph is scored on cached test features (only its head runs after a head
+    change), and the probabilities are those `imageclf predict` gives with the whole model."""
+    params = load_params(PROJECT / "params.yaml")
+    test_dir = sample_model.split / "test"
+    images = [test_dir / record.path for record in read_manifest(test_dir)]
+    model = load_predictor(sample_model.path)
+    predicted = np.stack([row.probabilities for row in predict_files(model, images, "none", 8)])
+    for run in ("first", "second"):
+        probabilities = class_probabilities(model, sample_model.path, test_dir, params)
+        reused = len(images) if run == "second" else 0
+        assert f"features of test: {reused} images from the cache, {len(images) - reused} computed" in (
+            capsys.readouterr().out
+        )
+        np.testing.assert_allclose(probabilities, predicted, atol=1e-5)
+        assert (probabilities.argmax(axis=1) == predicted.argmax(axis=1)).all()
+
+
+def test_an_unreadable_test_photo_stops_evaluate_with_one_line(sample_model: SampleModel, tmp_path: Path) -> None:
+    """Read from a DataLoader worker for the feature cache: its traceback must not reach the user."""
+    test_dir = shutil.copytree(sample_model.split / "test", tmp_path / "test")
+    broken = test_dir / read_manifest(test_dir)[0].path
+    broken.write_bytes(broken.read_bytes()[:200])
+    command = ["python", "-m", "stages.evaluate", str(sample_model.path), str(test_dir), "history.csv", "out"]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"error: cannot read '{broken}' (OSError: "), result.stderr
+    assert result.stderr.splitlines()[-1].endswith("rebuild their folders with dvc repro --force")
 
 
 def test_report_links_the_pictures_and_lists_metrics_and_params(reproduced_project: Path) -> None:

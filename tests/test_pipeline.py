@@ -75,6 +75,7 @@ def test_a_changed_param_reruns_only_what_depends_on_it(
     assert ran == expected, output
     if key == "train__lr":
         assert "features of train: 48 images from the cache, 0 computed" in output, output
+        assert "features of test: 3 images from the cache, 0 computed" in output, output
 
 
 def test_stages_run_the_package_of_the_checkout_they_run_in(reproduced_project: Path, tmp_path: Path) -> None:

@@ -1,18 +1,21 @@
 """Training-set augmentation with albumentations, seeded per image so a rerun writes identical files.
 
 Images keep the size split stored them at: the model's input square is made at load time by `Preprocessing`, the
-one resize that training, validation, test and prediction images all go through.
+one resize that training, validation, test and prediction images all go through. albumentations and OpenCV are
+imported when there is something to augment: with `augment.copies: 0` (the default) the stage only copies the
+training images, and importing them would be most of its time (2.5 s of 4).
 """
+
+from __future__ import annotations
 
 import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import albumentations
-import cv2
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
@@ -22,9 +25,14 @@ from imageclf.files import atomic_dir, write_atomic
 from imageclf.images import jpeg_bytes, open_rgb
 from imageclf.manifest import Record, read_manifest, write_manifest
 
+if TYPE_CHECKING:
+    import albumentations
+
 
 def build_transform(transforms: list[dict]) -> albumentations.Compose:
     """An albumentations pipeline from params entries such as `{"HorizontalFlip": {"p": 0.5}}`."""
+    import albumentations
+
     steps = []
     for index, entry in enumerate(transforms):
         ((name, arguments),) = entry.items()
@@ -71,6 +79,8 @@ def opencv_single_threaded() -> Iterator[None]:
     Set in the caller, not in the workers: in a fork of a process whose OpenCV thread pool has run (it augmented an
     image itself), cv2.setNumThreads waits forever for pool threads that the fork did not copy.
     """
+    import cv2
+
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -106,13 +116,18 @@ def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
 
 
 def make_augmented(train_dir: Path, out_dir: Path, copies: int, seed: int, transforms: list[dict]) -> None:
-    """Materialise the training set: each image as split stored it plus `copies` augmented variants."""
-    build_transform(transforms)  # fail on bad params before any work
+    """Materialise the training set: each image as split stored it plus `copies` augmented variants. The
+    transforms are built, and checked, when there are copies to make."""
+    augmenting = copies > 0
+    if augmenting:
+        build_transform(transforms)  # fail on bad params before any work
     records = read_manifest(train_dir)
     with (
         atomic_dir(out_dir) as folder,
-        opencv_single_threaded(),
-        ProcessPoolExecutor(max_workers=os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) as pool,
+        opencv_single_threaded() if augmenting else nullcontext(),
+        ProcessPoolExecutor(
+            max_workers=os.cpu_count(), initializer=_init_worker if augmenting else None, initargs=(transforms,)
+        ) as pool,
     ):
         jobs = [(Path(train_dir), folder, record, copies, seed) for record in records]
         results = tqdm(pool.map(_augment_one, jobs, chunksize=8), total=len(jobs), desc="augment", unit="img")

@@ -2,6 +2,8 @@
 
 import hashlib
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +126,25 @@ def test_originals_are_copied_and_reach_the_model_as_val_images_do(sample_split:
     train_input, _ = ImageDataset.from_manifest(tmp_path / "augmented", CLASSES, preprocessing)[original]
     val_input, _ = ImageDataset.from_manifest(tmp_path / "val", CLASSES, preprocessing)[0]
     assert torch.equal(train_input, val_input)
+
+
+def test_without_copies_the_originals_are_copied_without_importing_albumentations(
+    sample_split: Path, tmp_path: Path
+) -> None:
+    """The default `augment.copies: 0` must not pay the 2.5 s albumentations import for nothing."""
+    script = (
+        "import sys; from pathlib import Path; from imageclf.augmentation import make_augmented; "
+        f"make_augmented(Path('{sample_split / 'train'}'), Path('{tmp_path / 'augmented'}'), 0, 5, {TRANSFORMS!r}); "
+        "print(sorted(name for name in sys.modules if name.split('.')[0] in ('albumentations', 'cv2')))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    stored = {record.source_sha256: record.path for record in read_manifest(sample_split / "train")}
+    written = read_manifest(tmp_path / "augmented")
+    assert sorted(record.source_sha256 for record in written) == sorted(stored)
+    for record in written:
+        original = sample_split / "train" / stored[record.source_sha256]
+        assert (tmp_path / "augmented" / record.path).read_bytes() == original.read_bytes()
 
 
 @pytest.mark.parametrize(

@@ -90,18 +90,31 @@ def test_stages_run_the_package_of_the_checkout_they_run_in(reproduced_project: 
 
 
 def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project: Path, tmp_path: Path) -> None:
-    """From a cold feature cache (the backbone computes every feature) and from the warm session cache alike."""
+    """From a cold feature cache (the backbone computes every feature, the test photos' too) and from the warm
+    session cache alike."""
     project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)
-    outputs = ["models/model.pt", "metrics/train.json", "metrics/train_history.csv"]
+    outputs = [
+        "models/model.pt",
+        "metrics/train.json",
+        "metrics/train_history.csv",
+        "metrics/evaluate.json",
+        "metrics/test_predictions.csv",
+    ]
     before = {name: (project / name).read_bytes() for name in outputs}
     for cache in (tmp_path / "cold-cache", None):
         env = {**os.environ, CACHE_ENVIRONMENT_VARIABLE: str(cache)} if cache else None
         result = subprocess.run(
-            ["dvc", "repro", "--force", "--single-item", "train"], cwd=project, env=env, capture_output=True, text=True
+            ["dvc", "repro", "--force", "--single-item", "train", "evaluate"],
+            cwd=project,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 0, result.stderr
         warm = "features of train: 48 images from the cache, 0 computed" in result.stdout
         assert warm == (cache is None), result.stdout
+        warm_test = "features of test: 3 images from the cache, 0 computed" in result.stdout
+        assert warm_test == (cache is None), result.stdout
         assert {name: (project / name).read_bytes() for name in outputs} == before
 
 

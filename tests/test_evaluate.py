@@ -4,6 +4,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,7 +115,7 @@ def test_an_unreadable_test_photo_stops_evaluate_with_one_line(sample_model: Sam
     test_dir = shutil.copytree(sample_model.split / "test", tmp_path / "test")
     broken = test_dir / read_manifest(test_dir)[0].path
     broken.write_bytes(broken.read_bytes()[:200])
-    command = ["python", "-m", "stages.evaluate", str(sample_model.path), str(test_dir), "history.csv", "out"]
+    command = [sys.executable, "-m", "stages.evaluate", str(sample_model.path), str(test_dir), "history.csv", "out"]
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"error: cannot read '{broken}' (OSError: "), result.stderr

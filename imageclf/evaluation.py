@@ -16,7 +16,7 @@ from imageclf.inference import (
     predict_files,
     predict_folder,
 )
-from imageclf.manifest import ImageDataset, read_manifest
+from imageclf.manifest import ImageDataset, read_manifest, unreadable_image
 from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
 from imageclf.models import graph_and_head
 from imageclf.params import Params
@@ -107,7 +107,7 @@ def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, para
     )
     unreadable = [prediction for prediction in predictions if prediction.probabilities is None]
     if unreadable:
-        raise UserError(f"cannot read '{unreadable[0].path}' ({unreadable[0].error}): rerun the split stage")
+        raise unreadable_image(unreadable[0].path, unreadable[0].error)
     return np.stack([prediction.probabilities for prediction in predictions])
 
 

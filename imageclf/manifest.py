@@ -44,6 +44,14 @@ def read_manifest(folder: Path) -> list[Record]:
         return [Record(**row) for row in reader]
 
 
+def unreadable_image(path: Path, reason: str) -> UserError:
+    """The one-line error for an image of a stage's folder that cannot be decoded."""
+    return UserError(
+        f"cannot read '{path}' ({reason}): the stages write only images they checked; rebuild their folders with "
+        "dvc repro --force"
+    )
+
+
 def content_digest(path: Path) -> str:
     """The SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
@@ -92,8 +100,5 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
         except DECODE_ERRORS as error:
-            raise UserError(
-                f"cannot read '{self.paths[index]}' ({type(error).__name__}: {error}): the stages write only "
-                "images they checked; rebuild their folders with dvc repro --force"
-            ) from None
+            raise unreadable_image(self.paths[index], f"{type(error).__name__}: {error}") from None
         return torch.from_numpy(self.preprocess(image)), self.labels[index]

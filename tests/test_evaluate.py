@@ -1,5 +1,6 @@
 """The evaluate stage after a real `dvc repro`: metrics, the declared plots, pictures, report, a labelled folder."""
 
+import dataclasses
 import json
 import re
 import shutil
@@ -111,7 +112,8 @@ def test_test_features_come_from_the_cache_and_score_as_the_model_file_predicts(
 
 
 def test_an_unreadable_test_photo_stops_evaluate_with_one_line(sample_model: SampleModel, tmp_path: Path) -> None:
-    """Read from a DataLoader worker for the feature cache: its traceback must not reach the user."""
+    """Read from a DataLoader worker for the feature cache, its traceback must not reach the user; read for the
+    model itself (with test-time views), it gets the same line."""
     test_dir = shutil.copytree(sample_model.split / "test", tmp_path / "test")
     broken = test_dir / read_manifest(test_dir)[0].path
     broken.write_bytes(broken.read_bytes()[:200])
@@ -120,6 +122,11 @@ def test_an_unreadable_test_photo_stops_evaluate_with_one_line(sample_model: Sam
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"error: cannot read '{broken}' (OSError: "), result.stderr
     assert result.stderr.splitlines()[-1].endswith("rebuild their folders with dvc repro --force")
+    params = load_params(PROJECT / "params.yaml")
+    with_flip = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, tta="flip"))
+    with pytest.raises(UserError) as raised:  # test-time views: the model runs on the photos, not on cached features
+        class_probabilities(load_predictor(sample_model.path), sample_model.path, test_dir, with_flip)
+    assert f"error: {raised.value}" == result.stderr.splitlines()[-1]
 
 
 def test_report_links_the_pictures_and_lists_metrics_and_params(reproduced_project: Path) -> None:

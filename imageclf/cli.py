@@ -17,7 +17,7 @@ with an exported model does not wait for torch, timm and torchvision to load.
 import argparse
 from pathlib import Path
 
-from imageclf.errors import UserError, exits_cleanly
+from imageclf.errors import UserError, exit_without_final_collection, exits_cleanly
 from imageclf.inference import DECODE_THREADS
 from imageclf.views import DEFAULT_TTA, TTA
 
@@ -295,5 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @exits_cleanly
 def main(argv: list[str] | None = None) -> None:
+    """The `imageclf` program (`argv` None: the command line), or one command called from Python with `argv`."""
+    if argv is None:
+        exit_without_final_collection()
     args = build_parser().parse_args(argv)
     raise SystemExit(args.run(args))

@@ -1,6 +1,8 @@
-"""One-line errors for user mistakes, instead of tracebacks."""
+"""How a stage or command ends: one-line errors for user mistakes instead of tracebacks, and a quick exit."""
 
+import atexit
 import functools
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -44,3 +46,10 @@ def exits_cleanly(main: Callable[..., T]) -> Callable[..., T]:
             raise SystemExit(141) from None
 
     return wrapper
+
+
+def exit_without_final_collection() -> None:
+    """For a process's entry point: at exit, freeze every object still alive (`gc.freeze`) rather than let the
+    interpreter's last garbage collections walk them. With torch and timm loaded those took 1.3 s of every stage
+    here, 0.25 s frozen. Never in a long-lived process: a frozen object is not collected again."""
+    atexit.register(gc.freeze)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from imageclf.augmentation import make_augmented
-from imageclf.errors import exits_cleanly
+from imageclf.errors import exit_without_final_collection, exits_cleanly
 from imageclf.params import load_params
 
 
@@ -24,4 +24,5 @@ def main(train_dir: str, out_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main(*sys.argv[1:])

@@ -6,7 +6,7 @@ Usage: python -m stages.evaluate MODEL_PT TEST_DIR TRAIN_HISTORY_CSV OUT_DIR
 import sys
 from pathlib import Path
 
-from imageclf.errors import exits_cleanly
+from imageclf.errors import exit_without_final_collection, exits_cleanly
 from imageclf.evaluation import evaluate
 from imageclf.params import load_params
 
@@ -17,4 +17,5 @@ def main(model_path: str, test_dir: str, history_path: str, out_dir: str) -> Non
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main(*sys.argv[1:])

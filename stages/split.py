@@ -6,7 +6,7 @@ Usage: python -m stages.split OUT_DIR REJECTED_CSV METRICS_JSON
 import sys
 from pathlib import Path
 
-from imageclf.errors import exits_cleanly
+from imageclf.errors import exit_without_final_collection, exits_cleanly
 from imageclf.files import write_json
 from imageclf.params import load_params
 from imageclf.splitting import make_split
@@ -29,4 +29,5 @@ def main(out_dir: str, rejected_path: str, metrics_path: str) -> None:
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main(*sys.argv[1:])

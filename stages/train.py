@@ -18,7 +18,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from imageclf.device import process_group, rank
-from imageclf.errors import exits_cleanly
+from imageclf.errors import exit_without_final_collection, exits_cleanly
 from imageclf.files import write_csv, write_json
 from imageclf.inference import compiled_model_file
 from imageclf.models import save_model
@@ -63,4 +63,5 @@ def main(
 
 
 if __name__ == "__main__":
+    exit_without_final_collection()
     main(*sys.argv[1:])

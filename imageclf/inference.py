@@ -28,6 +28,7 @@ from imageclf.engines import BatchFunction, cpu_threads, onnxruntime_session, op
 from imageclf.errors import UserError
 from imageclf.files import write_atomic
 from imageclf.images import DECODE_ERRORS, Preprocessing, is_image_name, open_rgb
+from imageclf.metrics import classification_scores
 from imageclf.views import TTA
 
 # Where `imageclf export` puts its metadata: ONNX `metadata_props` and OpenVINO `rt_info`, one JSON text each.
@@ -365,8 +366,6 @@ def labelled_scores(results: list[LabelledResult], classes: list[str], unreadabl
     labelled = [result for result in results if result.true_label is not None]
     if not labelled:
         return None
-    from imageclf.metrics import classification_scores  # scikit-learn takes a second: only when there are labels
-
     return classification_scores(
         [result.true_label for result in labelled],
         np.array([[result.probabilities[label] for label in classes] for result in labelled]),

@@ -1,4 +1,4 @@
-"""Metrics against values computed by hand on a fixed set of six predictions."""
+"""Metrics against values computed by hand on six predictions, and against scikit-learn on random ones."""
 
 import numpy as np
 import pytest
@@ -66,3 +66,41 @@ def test_precision_recall_curve_of_each_class() -> None:
     assert {(0.0, 1.0), (0.5, 1.0), (0.5, 0.5), (1.0, round(2 / 3, 4)), (1.0, 0.5), (1.0, 0.4), (1.0, 0.3333)} == dog
     thresholds = [row["threshold"] for row in curves["dog"]]
     assert thresholds == sorted(thresholds, reverse=True), "rows run from the highest threshold to the lowest"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_metric_equals_scikit_learns(seed: int) -> None:
+    """The same numbers, to the last bit, as the scikit-learn functions they replace, on random predictions with
+    tied scores (probabilities rounded to one decimal) and, for some seeds, a class without images."""
+    from sklearn import metrics as sklearn
+
+    rng = np.random.default_rng(seed)
+    size = 40
+    present = CLASSES if seed % 2 == 0 else CLASSES[:2]
+    true = [str(label) for label in rng.choice(present, size)]
+    probabilities = np.round(rng.dirichlet(np.ones(3), size), 1 if seed < 3 else 6)
+    paths = [f"{index}.jpg" for index in range(size)]
+    ours = classification_scores(true, probabilities, CLASSES, paths)
+    predicted = [CLASSES[index] for index in probabilities.argmax(axis=1)]
+    report = sklearn.classification_report(true, predicted, labels=CLASSES, output_dict=True, zero_division=0)
+    for name, row in [("macro_avg", "macro avg"), ("weighted_avg", "weighted avg"), *[(c, c) for c in CLASSES]]:
+        scores = ours[name] if name in ("macro_avg", "weighted_avg") else ours["per_class"][name]
+        assert scores["precision"] == report[row]["precision"]
+        assert scores["recall"] == report[row]["recall"]
+        assert scores["f1"] == report[row]["f1-score"]
+    for index, label in enumerate(CLASSES):
+        is_label = np.array(true) == label
+        assert ours["per_class"][label]["support"] == int(is_label.sum())
+        expected_ap = sklearn.average_precision_score(is_label, probabilities[:, index]) if is_label.any() else None
+        assert ours["per_class"][label]["average_precision"] == expected_ap
+        if is_label.any():
+            precision, recall, thresholds = sklearn.precision_recall_curve(is_label, probabilities[:, index])
+            rows = precision_recall_curves(true, probabilities, CLASSES)[label][::-1]
+            assert [row["precision"] for row in rows] == precision.tolist()
+            assert [row["recall"] for row in rows] == recall.tolist()
+            assert [row["threshold"] for row in rows] == [*thresholds.tolist(), 1.0]
+    counts, normalised = confusion_matrices(true, predicted, CLASSES)
+    assert counts.tolist() == sklearn.confusion_matrix(true, predicted, labels=CLASSES).tolist()
+    with np.errstate(all="ignore"):
+        expected = np.nan_to_num(sklearn.confusion_matrix(true, predicted, labels=CLASSES, normalize="true"))
+    assert normalised.tolist() == expected.tolist()

@@ -24,10 +24,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from imageclf.architectures import preprocessing_for
+from imageclf.datasets import ImageDataset
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError, exits_cleanly
-from imageclf.manifest import ImageDataset
-from imageclf.models import Classifier, create_model, preprocessing_for
+from imageclf.models import Classifier, create_model
 from imageclf.optim import build_optimizer
 from imageclf.params import DEVICES, TrainParams, load_params
 from imageclf.training import parameter_groups, run_epoch, seed_everything

@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imageclf.architectures import MODELS, preprocessing_for
+from imageclf.datasets import ImageDataset
 from imageclf.errors import UserError, exits_cleanly
 from imageclf.features import CACHE_ENVIRONMENT_VARIABLE, cached_features, feature_extractor
-from imageclf.manifest import ImageDataset
-from imageclf.models import MODELS, create_model, preprocessing_for
+from imageclf.models import create_model
 from imageclf.params import load_params
 from imageclf.runtimes import BACKBONE_RUNTIMES, compile_backbone
 from imageclf.training import seed_everything, train_classifier

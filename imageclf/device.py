@@ -9,6 +9,8 @@ import torch
 
 from imageclf.errors import UserError
 
+CPU = torch.device("cpu")
+
 
 def select_device(name: str = "auto") -> torch.device:
     """`auto` picks CUDA, then Apple's MPS, then the CPU; a named device that is not there is a one-line error."""

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imageclf.datasets import ImageDataset
 from imageclf.errors import UserError, warn
 from imageclf.features import FeatureExtractor, cached_features
 from imageclf.files import write_csv, write_json
@@ -16,7 +17,7 @@ from imageclf.inference import (
     predict_files,
     predict_folder,
 )
-from imageclf.manifest import ImageDataset, read_manifest, unreadable_image
+from imageclf.manifest import read_manifest, unreadable_image
 from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
 from imageclf.models import graph_and_head
 from imageclf.params import Params

@@ -24,15 +24,14 @@ from tqdm import tqdm
 from imageclf import images, runtimes
 from imageclf.caches import CACHE_ENVIRONMENT_VARIABLE as CACHE_ENVIRONMENT_VARIABLE  # where tests set it
 from imageclf.caches import cache_dir
-from imageclf.device import loader_options
+from imageclf.datasets import ImageDataset
+from imageclf.device import CPU, loader_options
 from imageclf.engines import onnxruntime_function
 from imageclf.errors import UserError
 from imageclf.files import write_atomic
 from imageclf.images import Preprocessing
-from imageclf.manifest import ImageDataset
 from imageclf.runtimes import (
     BACKBONE_RUNTIMES,
-    CPU,
     TORCH_ADVICE,
     FeatureFunction,
     backbone_onnx,

@@ -17,10 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from imageclf.architectures import preprocessing_for
+from imageclf.datasets import ImageDataset
 from imageclf.device import select_device
 from imageclf.errors import UserError
-from imageclf.manifest import ImageDataset
-from imageclf.models import create_model, preprocessing_for
+from imageclf.models import create_model
 from imageclf.optim import build_optimizer
 from imageclf.params import Params, load_params
 from imageclf.training import data_loaders, frozen_features, loss_functions, parameter_groups, seed_everything

@@ -1,17 +1,13 @@
-"""What every stage after split reads: the manifest of a stage's output folder and the torch dataset over it."""
+"""What every stage after split reads: the manifest of a stage's output folder (`datasets.ImageDataset` is the torch
+dataset over it). No torch here: split and augment write manifests without loading it."""
 
 import csv
 import hashlib
 from dataclasses import asdict, dataclass
-from functools import cached_property
 from pathlib import Path
-
-import torch
 
 from imageclf.errors import UserError
 from imageclf.files import write_csv
-from imageclf.folders import find_images
-from imageclf.images import DECODE_ERRORS, Preprocessing, open_rgb
 
 MANIFEST_NAME = "manifest.csv"
 
@@ -55,50 +51,3 @@ def unreadable_image(path: Path, reason: str) -> UserError:
 def content_digest(path: Path) -> str:
     """The SHA-256 of a file's bytes."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-class ImageDataset(torch.utils.data.Dataset):
-    """Labelled image files as (tensor, class index) pairs; `sources` names each item's original file."""
-
-    def __init__(self, paths: list[Path], labels: list[int], sources: list[str], preprocess: Preprocessing):
-        self.paths, self.labels, self.sources, self.preprocess = paths, labels, sources, preprocess
-
-    @cached_property
-    def digests(self) -> list[str]:
-        """Each file's `content_digest`, read once: the train stage needs them for the checkpoint fingerprint, the
-        int8 calibration choice and the feature cache, and a pass over 3,000 photos takes up to a second."""
-        return [content_digest(path) for path in self.paths]
-
-    @classmethod
-    def from_manifest(cls, folder: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
-        """The images of a split or augmented folder written by this pipeline."""
-        records = read_manifest(folder)
-        unknown = sorted({record.label for record in records} - set(classes))
-        if unknown:
-            raise UserError(
-                f"{Path(folder) / MANIFEST_NAME} has labels {unknown} that are not among the classes {classes}"
-            )
-        return cls(
-            [Path(folder) / record.path for record in records],
-            [classes.index(record.label) for record in records],
-            [record.source for record in records],
-            preprocess,
-        )
-
-    @classmethod
-    def from_folder(cls, raw_dir: Path, classes: list[str], preprocess: Preprocessing) -> "ImageDataset":
-        """The images of a `<raw_dir>/<class>/<image>` folder."""
-        found = find_images(raw_dir, classes)
-        paths = [path for label in classes for path in found[label]]
-        labels = [index for index, label in enumerate(classes) for _ in found[label]]
-        return cls(paths, labels, [str(path) for path in paths], preprocess)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        try:
-            image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
-        except DECODE_ERRORS as error:
-            raise unreadable_image(self.paths[index], f"{type(error).__name__}: {error}") from None
-        return torch.from_numpy(self.preprocess(image)), self.labels[index]

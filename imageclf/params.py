@@ -8,8 +8,8 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from imageclf.architectures import MODELS
 from imageclf.errors import UserError
-from imageclf.models import MODELS
 from imageclf.optim import OPTIMIZERS, SCHEDULES
 from imageclf.runtimes import BACKBONE_RUNTIMES
 from imageclf.views import TTA

@@ -4,8 +4,11 @@ PyTorch trains every model and is the reference; for a frozen backbone, whose on
 image, ONNX Runtime and OpenVINO run the same weights several times faster on a CPU, in float32 or, calibrated on
 some training images, in int8. Each runtime turns a backbone into a function from a float32 NCHW batch of a fixed
 shape to its feature vectors. The libraries are imported when a backbone is compiled, so a run whose features
-are all in the cache does not need them.
+are all in the cache does not need them; torch too, as the params check reads `BACKBONE_RUNTIMES` in every stage
+and split and augment never load it.
 """
+
+from __future__ import annotations
 
 import copy
 import importlib
@@ -17,17 +20,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from imageclf.engines import onnxruntime_function, openvino_function
 from imageclf.errors import UserError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 FeatureFunction = Callable[[np.ndarray], np.ndarray]
 PRECISIONS = ("fp32", "int8")
-CPU = torch.device("cpu")
 TORCH_ADVICE = "or set train.backbone_runtime: torch"
 
 
@@ -47,6 +52,8 @@ class BackboneRuntime:
 
 def threads() -> int:
     """The threads PyTorch uses (`OMP_NUM_THREADS`, else the CPU cores): every runtime gets as many."""
+    import torch
+
     return torch.get_num_threads()
 
 
@@ -57,6 +64,8 @@ def torch_features(
 
     It runs a copy, so the caller's backbone keeps the standard memory format, which `torch.save` records.
     """
+    import torch
+
     frozen = _frozen_copy(backbone).to(device, memory_format=torch.channels_last)
 
     def features(batch: np.ndarray) -> np.ndarray:
@@ -72,6 +81,8 @@ def onnx_model(
 ) -> bytes:
     """The module as an ONNX graph for batches of `batch_shape` (any batch size with `dynamic_batch`), in
     float32; its input is named `images`."""
+    import torch
+
     buffer = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated; the new one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -149,6 +160,7 @@ def openvino_features(
 ) -> FeatureFunction:
     """OpenVINO's CPU engine (`engines.openvino_function`), fp32 or int8 (`quantize_openvino`)."""
     import openvino
+    import torch
 
     model = openvino.convert_model(torch.export.export(_frozen_copy(backbone), (torch.zeros(batch_shape),)))
     if precision == "int8":
@@ -192,7 +204,7 @@ def compile_backbone(
     batch_shape: tuple[int, ...],
     precision: str,
     calibration: Sequence[np.ndarray] = (),
-    device: torch.device = CPU,
+    device: torch.device | str = "cpu",
 ) -> FeatureFunction:
     """Backbone → features function on runtime `name`; raise UserError if the runtime is not installed.
 

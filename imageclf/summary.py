@@ -2,7 +2,8 @@
 
 import torchinfo
 
-from imageclf.models import create_model, model_spec
+from imageclf.architectures import model_spec
+from imageclf.models import create_model
 
 
 def model_summary(architecture: str, mode: str, num_classes: int, image_size: int | None = None) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,15 +24,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from imageclf.device import Precision, is_distributed, loader_options, rank, select_device, world_size
+from imageclf.architectures import preprocessing_for
+from imageclf.datasets import ImageDataset
+from imageclf.device import CPU, Precision, is_distributed, loader_options, rank, select_device, world_size
 from imageclf.errors import UserError, warn
 from imageclf.features import FeatureExtractor, cached_features, feature_extractor
 from imageclf.files import write_atomic
-from imageclf.manifest import ImageDataset
-from imageclf.models import Classifier, SavedModel, create_model, preprocessing_for
-from imageclf.optim import Schedule, build_optimizer, build_schedule, step_schedule
+from imageclf.models import Classifier, SavedModel, create_model
+from imageclf.optim import build_optimizer, build_schedule, step_schedule
 from imageclf.params import WEIGHT_DECAY_AUTO, Params, TrainParams
-from imageclf.runtimes import CPU
+
+if TYPE_CHECKING:
+    from imageclf.optim import Schedule
 
 
 def seed_everything(seed: int) -> None:
@@ -156,7 +160,7 @@ class TrainingState:
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    schedule: Schedule
+    schedule: "Schedule"
     scaler: torch.amp.GradScaler
     generator: torch.Generator  # draws the order of the training batches
     early_stopping: Plateau

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from imageclf.architectures import preprocessing_for
 from imageclf.augmentation import augmented_copy, build_transform, image_seed, make_augmented
+from imageclf.datasets import ImageDataset
 from imageclf.errors import UserError
 from imageclf.files import write_atomic
 from imageclf.images import open_rgb, to_square
-from imageclf.manifest import ImageDataset, read_manifest, write_manifest
-from imageclf.models import preprocessing_for
+from imageclf.manifest import read_manifest, write_manifest
 from imageclf.params import load_params
 from imageclf.splitting import make_split
 from tests.helpers import CLASSES, PROJECT

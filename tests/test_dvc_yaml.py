@@ -95,7 +95,7 @@ def test_the_closure_follows_every_import_form() -> None:
     assert "imageclf/params.py" in closure  # from imageclf.params import load_params
     assert "imageclf/images.py" in closure  # from imageclf import images, in features.py
     assert "imageclf/errors.py" in closure  # reached only through other modules, too
-    assert "imageclf/models.py" in import_closure(Path("imageclf") / "params.py")  # inside _check_train
+    assert "imageclf/models.py" in import_closure(Path("imageclf") / "inference.py")  # inside compiled_model_file
     assert "imageclf/__init__.py" not in closure  # a docstring only
 
 

@@ -18,13 +18,15 @@ import openvino
 import pytest
 import torch
 
+from imageclf.architectures import preprocessing_for
+from imageclf.datasets import ImageDataset
 from imageclf.engines import onnxruntime_function
 from imageclf.errors import UserError
 from imageclf.export import CALIBRATION_BATCH_SIZE, calibration_batches, export_command
 from imageclf.images import open_rgb
 from imageclf.inference import load_predictor
-from imageclf.manifest import ImageDataset, Record, content_digest, write_manifest
-from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
+from imageclf.manifest import Record, content_digest, write_manifest
+from imageclf.models import SavedModel, create_model, load_model, save_model
 from imageclf.params import load_params
 from imageclf.runtimes import onnx_model
 from imageclf.splitting import make_split

@@ -7,6 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from imageclf.architectures import preprocessing_for
+from imageclf.datasets import ImageDataset
+from imageclf.device import CPU
 from imageclf.errors import UserError
 from imageclf.features import (
     CACHE_ENVIRONMENT_VARIABLE,
@@ -17,9 +20,8 @@ from imageclf.features import (
     extract_features,
     feature_extractor,
 )
-from imageclf.manifest import ImageDataset
-from imageclf.models import create_model, preprocessing_for
-from imageclf.runtimes import BACKBONE_RUNTIMES, CPU
+from imageclf.models import create_model
+from imageclf.runtimes import BACKBONE_RUNTIMES
 from imageclf.splitting import make_split
 from tests.helpers import CLASSES, make_image_folder
 

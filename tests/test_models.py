@@ -13,18 +13,11 @@ import torchvision
 from PIL import Image
 from torch import nn
 
+from imageclf.architectures import MODELS, PackagedWeights, preprocessing_for
+from imageclf.datasets import ImageDataset
 from imageclf.errors import UserError
 from imageclf.inference import labelled_result, load_predictor, predict_files
-from imageclf.manifest import ImageDataset
-from imageclf.models import (
-    MODELS,
-    PackagedWeights,
-    SavedModel,
-    create_model,
-    load_model,
-    preprocessing_for,
-    save_model,
-)
+from imageclf.models import SavedModel, create_model, load_model, save_model
 from imageclf.params import TRAIN_MODES
 from imageclf.splitting import make_split
 from imageclf.training import train_classifier

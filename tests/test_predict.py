@@ -12,13 +12,14 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
+from imageclf.architectures import preprocessing_for
 from imageclf.errors import UserError
 from imageclf.evaluation import load_model_for
 from imageclf.export import torch_predictor
 from imageclf.images import open_rgb, to_square
 from imageclf.inference import ViewTransform, label_from_path, predict_files
 from imageclf.manifest import read_manifest
-from imageclf.models import SavedModel, create_model, load_model, preprocessing_for, save_model
+from imageclf.models import SavedModel, create_model, load_model, save_model
 from imageclf.views import TTA
 from tests.helpers import (
     CLASS_COLOURS,

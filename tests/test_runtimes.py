@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from imageclf.architectures import packaged_efficientnet_lite0_weights, preprocessing_for
+from imageclf.datasets import ImageDataset
 from imageclf.errors import UserError
-from imageclf.manifest import ImageDataset
-from imageclf.models import create_model, packaged_efficientnet_lite0_weights, preprocessing_for
+from imageclf.models import create_model
 from imageclf.runtimes import BACKBONE_RUNTIMES, compile_backbone
 from tests.helpers import CLASSES, PROJECT
 

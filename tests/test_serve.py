@@ -16,8 +16,9 @@ import requests
 import torch
 from PIL import Image
 
+from imageclf.architectures import preprocessing_for
 from imageclf.manifest import read_manifest
-from imageclf.models import SavedModel, create_model, preprocessing_for, save_model
+from imageclf.models import SavedModel, create_model, save_model
 from imageclf.serve import MAX_FILES, MAX_UPLOAD_BYTES
 from tests.helpers import SampleModel, none_of_the_classes
 

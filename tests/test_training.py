@@ -13,11 +13,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from imageclf.architectures import preprocessing_for
+from imageclf.datasets import ImageDataset
 from imageclf.device import Precision, select_device
 from imageclf.errors import UserError
 from imageclf.inference import load_predictor, predict_files
-from imageclf.manifest import ImageDataset, read_manifest
-from imageclf.models import create_model, load_model, preprocessing_for
+from imageclf.manifest import read_manifest
+from imageclf.models import create_model, load_model
 from imageclf.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from imageclf.params import TrainParams, load_params
 from imageclf.splitting import make_split

@@ -156,7 +156,7 @@ def main() -> None:
                 "seconds": folder_seconds,
                 "images_per_second": round(len(photos) / folder_seconds, 1),
                 "one_photo_seconds": predict_seconds(work, environment, Path(alone)),
-                # in its class folder the photo is labelled, so predict also scores it (scikit-learn's import: 1 s)
+                # in its class folder the photo is labelled, so predict also scores it
                 "one_labelled_photo_seconds": predict_seconds(work, environment, photo),
             }
         if args.then:

@@ -49,7 +49,7 @@ def exits_cleanly(main: Callable[..., T]) -> Callable[..., T]:
 
 
 def exit_without_final_collection() -> None:
-    """For a process's entry point: at exit, freeze every object still alive (`gc.freeze`) rather than let the
-    interpreter's last garbage collections walk them. With torch and timm loaded those took 1.3 s of every stage
-    here, 0.25 s frozen. Never in a long-lived process: a frozen object is not collected again."""
+    """Called once by a program's entry point: when the process ends, freeze every object still alive (`gc.freeze`)
+    rather than let the interpreter's last garbage collections walk them. With torch and timm loaded those took
+    1.3 s of every stage here, 0.25 s frozen. Nothing changes while the program runs."""
     atexit.register(gc.freeze)

@@ -1,6 +1,7 @@
 """What the first two stages load: split and augment never import torch, timm or torchvision (2 s each), though
 their params check reads the model, optimizer and runtime tables."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def test_split_and_augment_run_without_importing_torch(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=tmp_path,
-        env={"PYTHONPATH": str(PROJECT), "PATH": ""},
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
         capture_output=True,
         text=True,
     )

@@ -2,8 +2,8 @@
 
 Images keep the size split stored them at: the model's input square is made at load time by `Preprocessing`, the
 one resize that training, validation, test and prediction images all go through. albumentations and OpenCV are
-imported when there is something to augment: with `augment.copies: 0` (the default) the stage only copies the
-training images, and importing them would be most of its time (2.5 s of 4).
+imported when there is something to augment: with `augment.copies: 0` (the default) the stage only links the
+training images (hard links: no bytes are copied), and importing them would be nearly all of its time.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from imageclf.errors import UserError
-from imageclf.files import atomic_dir, write_atomic
+from imageclf.files import atomic_dir, link_or_copy, write_atomic
 from imageclf.images import jpeg_bytes, open_rgb
 from imageclf.manifest import Record, read_manifest, write_manifest
 
@@ -98,38 +98,32 @@ def _init_worker(transforms: list[dict]) -> None:
 
 
 def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
-    """Copy one training image as split stored it and write `copies` augmented variants of it."""
+    """Link (or copy) one training image as split stored it and write `copies` augmented variants of it."""
     source_dir, out_dir, record, copies, seed = job
-    original = (source_dir / record.path).read_bytes()
-    image = open_rgb(original) if copies else None  # the original is copied byte for byte, never decoded
-    written = []
-    for copy in range(copies + 1):
-        if copy == 0:
-            content = original
-        else:
+    paths = [f"{record.label}/{record.source_sha256[:16]}_{copy}.jpg" for copy in range(copies + 1)]
+    link_or_copy(source_dir / record.path, out_dir / paths[0])  # the original as split stored it, never decoded
+    if copies:
+        image = open_rgb(source_dir / record.path)
+        for copy, path in enumerate(paths[1:], start=1):
             variant = augmented_copy(_worker_transform, image, image_seed(seed, record.source_sha256, copy))
-            content = jpeg_bytes(variant)
-        path = f"{record.label}/{record.source_sha256[:16]}_{copy}.jpg"
-        write_atomic(out_dir / path, content)
-        written.append(Record(path, record.label, record.source_sha256, record.source))
-    return written
+            write_atomic(out_dir / path, jpeg_bytes(variant))
+    return [Record(path, record.label, record.source_sha256, record.source) for path in paths]
 
 
 def make_augmented(train_dir: Path, out_dir: Path, copies: int, seed: int, transforms: list[dict]) -> None:
     """Materialise the training set: each image as split stored it plus `copies` augmented variants. The
-    transforms are built, and checked, when there are copies to make."""
+    transforms are built, and checked, when there are copies to make; only then do worker processes decode."""
     augmenting = copies > 0
     if augmenting:
         build_transform(transforms)  # fail on bad params before any work
     records = read_manifest(train_dir)
+    pool = ProcessPoolExecutor(os.cpu_count(), initializer=_init_worker, initargs=(transforms,)) if augmenting else None
     with (
         atomic_dir(out_dir) as folder,
         opencv_single_threaded() if augmenting else nullcontext(),
-        ProcessPoolExecutor(
-            max_workers=os.cpu_count(), initializer=_init_worker if augmenting else None, initargs=(transforms,)
-        ) as pool,
+        pool or nullcontext(),
     ):
         jobs = [(Path(train_dir), folder, record, copies, seed) for record in records]
-        results = tqdm(pool.map(_augment_one, jobs, chunksize=8), total=len(jobs), desc="augment", unit="img")
-        written = [record for batch in results for record in batch]
+        done = pool.map(_augment_one, jobs, chunksize=8) if pool else map(_augment_one, jobs)
+        written = [record for batch in tqdm(done, total=len(jobs), desc="augment", unit="img") for record in batch]
         write_manifest(folder, written)

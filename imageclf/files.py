@@ -27,6 +27,25 @@ def write_atomic(path: Path, content: bytes) -> None:
         raise
 
 
+def link_or_copy(source: Path, destination: Path) -> None:
+    """Make `destination` a hard link to `source`, or a copy where the file system cannot link; atomic either way.
+
+    A link costs no bytes and, with DVC's hardlink cache, is already the very file DVC keeps: caching it is free.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    temporary = destination.with_name(f".{destination.name}.{os.getpid()}.tmp")
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    try:
+        os.replace(temporary, destination)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 

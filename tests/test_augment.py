@@ -2,6 +2,7 @@
 
 import hashlib
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from imageclf.architectures import preprocessing_for
 from imageclf.augmentation import augmented_copy, build_transform, image_seed, make_augmented
 from imageclf.datasets import ImageDataset
 from imageclf.errors import UserError
-from imageclf.files import write_atomic
+from imageclf.files import link_or_copy, write_atomic
 from imageclf.images import open_rgb, to_square
 from imageclf.manifest import read_manifest, write_manifest
 from imageclf.params import load_params
@@ -129,10 +130,11 @@ def test_originals_are_copied_and_reach_the_model_as_val_images_do(sample_split:
     assert torch.equal(train_input, val_input)
 
 
-def test_without_copies_the_originals_are_copied_without_importing_albumentations(
+def test_without_copies_the_originals_are_linked_without_importing_albumentations(
     sample_split: Path, tmp_path: Path
 ) -> None:
-    """The default `augment.copies: 0` must not pay the 2.5 s albumentations import for nothing."""
+    """The default `augment.copies: 0` must not pay the albumentations import, nor a copy of every byte, for
+    nothing: each original is a hard link to the file split wrote."""
     script = (
         "import sys; from pathlib import Path; from imageclf.augmentation import make_augmented; "
         f"make_augmented(Path('{sample_split / 'train'}'), Path('{tmp_path / 'augmented'}'), 0, 5, {TRANSFORMS!r}); "
@@ -145,7 +147,22 @@ def test_without_copies_the_originals_are_copied_without_importing_albumentation
     assert sorted(record.source_sha256 for record in written) == sorted(stored)
     for record in written:
         original = sample_split / "train" / stored[record.source_sha256]
-        assert (tmp_path / "augmented" / record.path).read_bytes() == original.read_bytes()
+        assert (tmp_path / "augmented" / record.path).samefile(original)
+
+
+def test_a_file_that_cannot_be_linked_is_copied(tmp_path: Path) -> None:
+    """Across file systems a hard link fails (EXDEV): the file is copied instead."""
+    other_file_system = Path("/dev/shm")
+    if not other_file_system.is_dir() or other_file_system.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("needs /dev/shm on a file system of its own")
+    source = other_file_system / f"imageclf-link-test-{os.getpid()}.jpg"
+    source.write_bytes(b"photo bytes")
+    try:
+        link_or_copy(source, tmp_path / "copied.jpg")
+    finally:
+        source.unlink()
+    assert (tmp_path / "copied.jpg").read_bytes() == b"photo bytes"
+    assert [path.name for path in tmp_path.iterdir()] == ["copied.jpg"]  # no temporary file left
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,12 @@ def test_repro_writes_every_output(reproduced_project: Path) -> None:
     augmented = list((project / "data/augmented").rglob("*.jpg"))
     assert len(augmented) == 24 * 2
 
+    # Outputs are hard links to DVC's cache (.dvc/config: cache.type): caching thousands of photos copies no bytes,
+    # and augment's originals are links to split's files, so they are the cache's files too.
+    for image in (*(project / "data/split/train").rglob("*.jpg"), *augmented):
+        md5 = hashlib.md5(image.read_bytes()).hexdigest()
+        assert image.samefile(project / ".dvc/cache/files/md5" / md5[:2] / md5[2:]), image
+
 
 def test_repro_with_nothing_changed_runs_nothing(reproduced_project: Path, tmp_path: Path) -> None:
     project = shutil.copytree(reproduced_project, tmp_path / "project", symlinks=True)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imageclf.engines import onnxruntime_function, openvino_function
+from imageclf.engines import onnxruntime_function, onnxruntime_session, openvino_function
 from imageclf.errors import UserError
 
 if TYPE_CHECKING:
@@ -100,8 +100,14 @@ def onnx_model(
 
 
 def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
-    """ONNX Runtime's static QDQ quantization to int8 (per-channel weights, min-max ranges over `calibration`)."""
+    """ONNX Runtime's static QDQ quantization to int8 (per-channel weights, min-max ranges over `calibration`).
+
+    The ranges come from ONNX Runtime's own min-max calibrator, run on a session with the graph optimizations on
+    and this project's threads: `quantize_static` would run it with every optimization off, 1.7 s more of the 6 s
+    this takes for 64 images here. The ranges reach `quantize_static` through its calibration cache file.
+    """
     from onnxruntime import quantization
+    from onnxruntime.quantization import calibrate
 
     class Calibration(quantization.CalibrationDataReader):
         def __init__(self) -> None:
@@ -112,18 +118,23 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
             return None if batch is None else {"images": batch}
 
     with tempfile.TemporaryDirectory() as folder:
-        source, quantized = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        source, quantized, ranges = (Path(folder) / name for name in ("fp32.onnx", "int8.onnx", "ranges.json"))
         source.write_bytes(model)
         logging.disable(logging.WARNING)  # its advice to preprocess the graph first, on the root logger
         try:
+            calibrator = calibrate.create_calibrator(source, augmented_model_path=str(Path(folder) / "ranges.onnx"))
+            calibrator.infer_session = onnxruntime_session(Path(calibrator.augmented_model_path), threads())
+            calibrator.collect_data(Calibration())
+            calibrate.save_tensors_data(calibrator.compute_data(), ranges)
             quantization.quantize_static(
                 source,
                 quantized,
-                Calibration(),
+                None,
                 quant_format=quantization.QuantFormat.QDQ,
                 per_channel=True,
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
+                calibration_cache_path=ranges,
             )
         finally:
             logging.disable(logging.NOTSET)

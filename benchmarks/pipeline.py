@@ -1,5 +1,5 @@
-"""Time `dvc repro` from scratch on a folder of photos, then after one head hyperparameter change; report test and
-hold-out accuracy and prediction throughput.
+"""Time `dvc repro` from scratch on a folder of photos, then after one head hyperparameter change; report the peak
+memory of the largest stage, test and hold-out accuracy and prediction throughput.
 
 Runs in a temporary copy of the project with an empty feature cache, so the working tree, its dvc.lock and your
 cache stay as they are.
@@ -16,6 +16,7 @@ takes the folder name as its label and also scores it.
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,13 @@ def repro_seconds(work: Path, environment: dict[str, str]) -> dict[str, float]:
     return {**stages, "total": round(end - start, 1)}
 
 
+def largest_process_mb() -> float:
+    """The resident memory of the largest process this one has waited for, at its peak: after `dvc repro`, the
+    largest stage (its processes are DVC's children, and DVC is this one's)."""
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(peak / (1 << 20 if sys.platform == "darwin" else 1 << 10))  # bytes on macOS, kilobytes on Linux
+
+
 def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict:
     """The scores of a labelled folder (the keys of metrics/evaluate.json), and how many of its photos `predict`
     reads and classifies per second."""
@@ -136,6 +144,7 @@ def main() -> None:
             "overrides": args.overrides,
             "images": split["images"],
             "seconds": seconds,
+            "largest_process_mb": largest_process_mb(),
             "val_accuracy": training["best"]["val_accuracy"],
             "best_epoch": training["best_epoch"],
             "test_accuracy": evaluation["accuracy"],

@@ -82,7 +82,7 @@ def repro_seconds(work: Path, environment: dict[str, str]) -> dict[str, float]:
     return {**stages, "total": round(end - start, 1)}
 
 
-def largest_process_mb() -> float:
+def largest_process_mb() -> int:
     """The resident memory of the largest process this one has waited for, at its peak: after `dvc repro`, the
     largest stage (its processes are DVC's children, and DVC is this one's)."""
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

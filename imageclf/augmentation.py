@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from imageclf.errors import UserError
 from imageclf.files import atomic_dir, link_or_copy, write_atomic
-from imageclf.images import jpeg_bytes, open_rgb
-from imageclf.manifest import Record, read_manifest, write_manifest
+from imageclf.images import DECODE_ERRORS, jpeg_bytes, open_rgb
+from imageclf.manifest import Record, read_manifest, unreadable_image, write_manifest
 
 if TYPE_CHECKING:
     import albumentations
@@ -101,9 +101,13 @@ def _augment_one(job: tuple[Path, Path, Record, int, int]) -> list[Record]:
     """Link (or copy) one training image as split stored it and write `copies` augmented variants of it."""
     source_dir, out_dir, record, copies, seed = job
     paths = [f"{record.label}/{record.source_sha256[:16]}_{copy}.jpg" for copy in range(copies + 1)]
-    link_or_copy(source_dir / record.path, out_dir / paths[0])  # the original as split stored it, never decoded
+    source = source_dir / record.path
+    try:
+        link_or_copy(source, out_dir / paths[0])  # the original as split stored it, never decoded
+        image = open_rgb(source) if copies else None
+    except DECODE_ERRORS as error:  # a missing file too (OSError)
+        raise unreadable_image(source, f"{type(error).__name__}: {error}") from None
     if copies:
-        image = open_rgb(source_dir / record.path)
         for copy, path in enumerate(paths[1:], start=1):
             variant = augmented_copy(_worker_transform, image, image_seed(seed, record.source_sha256, copy))
             write_atomic(out_dir / path, jpeg_bytes(variant))

@@ -54,7 +54,8 @@ DECODE_WORKERS = 1
 # int8: training images whose activation ranges set the quantization (2 batches). On three splits of the animals
 # photos, 32, 64, 128 and 320 of them gave the same test and hold-out mistakes, one test photo apart. Calibration
 # runs the fp32 graph with a min and max reduction on every tensor: 320 images made a cold train stage about 10 s
-# longer; with 64 the whole quantization takes about 4 s (`runtimes.quantize_onnx`).
+# longer (with the calibrator as it ran then); with 64 the whole quantization now takes about 3 s
+# (`runtimes.quantize_onnx`).
 CALIBRATION_IMAGES = 64
 
 

@@ -135,7 +135,7 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
         source.write_bytes(model)
         logging.disable(logging.WARNING)  # its advice to preprocess the graph first, on the root logger
         try:
-            calibrator = calibrate.create_calibrator(source, augmented_model_path=str(Path(folder) / "ranges.onnx"))
+            calibrator = calibrate.create_calibrator(source, augmented_model_path=str(Path(folder) / "augmented.onnx"))
             calibrator.infer_session = onnxruntime_session(Path(calibrator.augmented_model_path), threads())
             calibrator.collect_data(Calibration())
             calibrate.save_tensors_data(calibrator.compute_data(), ranges)

@@ -3,6 +3,8 @@
 import hashlib
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +150,16 @@ def test_without_copies_the_originals_are_linked_without_importing_albumentation
     for record in written:
         original = sample_split / "train" / stored[record.source_sha256]
         assert (tmp_path / "augmented" / record.path).samefile(original)
+
+
+@pytest.mark.parametrize("copies", [0, 1])
+def test_a_missing_training_image_is_named_in_one_line(sample_split: Path, tmp_path: Path, copies: int) -> None:
+    train = shutil.copytree(sample_split / "train", tmp_path / "train")
+    missing = train / read_manifest(train)[3].path
+    missing.unlink()
+    with pytest.raises(UserError, match=rf"cannot read '{re.escape(str(missing))}' \(FileNotFoundError"):
+        make_augmented(train, tmp_path / "augmented", copies, 5, TRANSFORMS)
+    assert not (tmp_path / "augmented").exists(), "nothing half written"
 
 
 def test_a_file_that_cannot_be_linked_is_copied(tmp_path: Path) -> None:

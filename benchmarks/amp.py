@@ -24,14 +24,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from imageclf.architectures import preprocessing_for
-from imageclf.datasets import ImageDataset
-from imageclf.device import Precision, select_device
-from imageclf.errors import UserError, exits_cleanly
-from imageclf.models import Classifier, create_model
-from imageclf.optim import build_optimizer
-from imageclf.params import DEVICES, TrainParams, load_params
-from imageclf.training import parameter_groups, run_epoch, seed_everything
+from imageclf.core.device import Precision, select_device
+from imageclf.core.errors import UserError, exits_cleanly
+from imageclf.core.params import DEVICES, TrainParams, load_params
+from imageclf.data.datasets import ImageDataset
+from imageclf.models.architectures import preprocessing_for
+from imageclf.models.classifier import Classifier, create_model
+from imageclf.training.loop import parameter_groups, run_epoch, seed_everything
+from imageclf.training.optim import build_optimizer
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from imageclf.architectures import MODELS
+from imageclf.models.architectures import MODELS
 
 
 def images_per_second(backbone: nn.Module, images: torch.Tensor, batches: int) -> float:

@@ -1,6 +1,7 @@
 """Image decode + resize throughput: a full JPEG decode then resize, against Pillow's draft mode (reduced-scale decode).
 
-Draft mode is what `imageclf.images.open_rgb(path, min_side=...)` does: the JPEG is decoded at 1/2, 1/4 or 1/8 scale
+Draft mode is what `imageclf.data.images.open_rgb(path, min_side=...)` does: the JPEG is decoded at 1/2, 1/4 or
+1/8 scale
 when both sides stay at least `min_side`. Both ways end at the size `split` stores (shorter side 1.15 × image size).
 The files are read into memory first, so only decoding and resizing are timed, in CPU time of this (single-threaded)
 process, so that other work on a shared machine barely moves the figures; the best of `--repeat` passes counts.
@@ -22,8 +23,8 @@ import PIL
 import yaml
 from PIL import Image
 
-from imageclf.images import is_image_name, open_rgb, shrink_shorter_side
-from imageclf.splitting import stored_side
+from imageclf.data.images import is_image_name, open_rgb, shrink_shorter_side
+from imageclf.data.splitting import stored_side
 
 PROJECT = Path(__file__).resolve().parent.parent
 

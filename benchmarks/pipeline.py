@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from imageclf.images import is_image_name
-from imageclf.inference import labelled_scores, load_predictor, predict_folder
+from imageclf.data.images import is_image_name
+from imageclf.inference.predictor import labelled_scores, load_predictor, predict_folder
 
 PROJECT = Path(__file__).resolve().parent.parent
 

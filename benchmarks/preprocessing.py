@@ -12,9 +12,9 @@ import json
 import time
 from pathlib import Path
 
-from imageclf.inference import files_to_predict, label_from_path, load_predictor, predict_files
-from imageclf.manifest import read_manifest
-from imageclf.views import TTA
+from imageclf.data.manifest import read_manifest
+from imageclf.data.views import TTA
+from imageclf.inference.predictor import files_to_predict, label_from_path, load_predictor, predict_files
 
 
 def labelled_files(args: argparse.Namespace, classes: list[str]) -> dict[str, tuple[list[Path], list[str]]]:

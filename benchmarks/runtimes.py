@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imageclf.architectures import MODELS, preprocessing_for
-from imageclf.datasets import ImageDataset
-from imageclf.errors import UserError, exits_cleanly
-from imageclf.features import CACHE_ENVIRONMENT_VARIABLE, cached_features, feature_extractor
-from imageclf.models import create_model
-from imageclf.params import load_params
-from imageclf.runtimes import BACKBONE_RUNTIMES, compile_backbone
-from imageclf.training import seed_everything, train_classifier
+from imageclf.backbone.features import CACHE_ENVIRONMENT_VARIABLE, cached_features, feature_extractor
+from imageclf.backbone.runtimes import BACKBONE_RUNTIMES, compile_backbone
+from imageclf.core.errors import UserError, exits_cleanly
+from imageclf.core.params import load_params
+from imageclf.data.datasets import ImageDataset
+from imageclf.models.architectures import MODELS, preprocessing_for
+from imageclf.models.classifier import create_model
+from imageclf.training.loop import seed_everything, train_classifier
 
 SPLITS = ("train", "val", "test")
 SETTINGS = [(runtime, precision) for runtime, spec in BACKBONE_RUNTIMES.items() for precision in spec.precisions]

@@ -25,12 +25,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from imageclf.datasets import ImageDataset
-from imageclf.features import EXTRACTION_BATCH_SIZE, cached_features, extract_features, feature_extractor
-from imageclf.inference import ViewTransform, files_to_predict, is_unknown, load_predictor, load_views, predict_files
-from imageclf.manifest import read_manifest
-from imageclf.models import load_model
-from imageclf.training import unknown_threshold
+from imageclf.backbone.features import EXTRACTION_BATCH_SIZE, cached_features, extract_features, feature_extractor
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.manifest import read_manifest
+from imageclf.inference.predictor import (
+    ViewTransform,
+    files_to_predict,
+    is_unknown,
+    load_predictor,
+    load_views,
+    predict_files,
+)
+from imageclf.models.classifier import load_model
+from imageclf.training.loop import unknown_threshold
 
 Source = Path | bytes
 SKIMAGE_OTHERS = (

@@ -17,9 +17,9 @@ with an exported model does not wait for torch, timm and torchvision to load.
 import argparse
 from pathlib import Path
 
-from imageclf.errors import UserError, exit_without_final_collection, exits_cleanly
-from imageclf.inference import DECODE_THREADS
-from imageclf.views import DEFAULT_TTA, TTA
+from imageclf.core.errors import UserError, exit_without_final_collection, exits_cleanly
+from imageclf.data.views import DEFAULT_TTA, TTA
+from imageclf.inference.predictor import DECODE_THREADS
 
 EXPORT_FORMATS = ("onnx", "openvino")  # the keys of export.EXPORT_FORMATS, which needs torch to import
 EXPORT_PRECISIONS = ("fp32", "int8")
@@ -43,7 +43,7 @@ def port_number(text: str) -> int:
 
 def predict(args: argparse.Namespace) -> int:
     """Print each image's class, confidence and top-k (or JSON); with labels, the accuracy and the misses."""
-    from imageclf.predict import predict_command
+    from imageclf.apps.predict import predict_command
 
     return predict_command(
         args.paths, args.model, args.top_k, args.json, args.tta, args.batch_size, args.decode_threads
@@ -52,7 +52,7 @@ def predict(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     """Write the classifier as ONNX or OpenVINO IR, with its class names and preprocessing inside."""
-    from imageclf.export import export_command
+    from imageclf.apps.export import export_command
 
     return export_command(
         args.model, args.format, args.precision, args.softmax, args.output, args.calibration, args.seed
@@ -61,8 +61,8 @@ def export(args: argparse.Namespace) -> int:
 
 def summary(args: argparse.Namespace) -> int:
     """Print the layer table of `--architecture` in `--mode` (by default, those of params.yaml)."""
-    from imageclf.params import PARAMS_FILE, TRAIN_MODES, load_params
-    from imageclf.summary import model_summary
+    from imageclf.core.params import PARAMS_FILE, TRAIN_MODES, load_params
+    from imageclf.study.summary import model_summary
 
     if args.mode is not None and args.mode not in TRAIN_MODES:
         raise UserError(f"--mode '{args.mode}' is unknown; choices: {', '.join(TRAIN_MODES)}")
@@ -77,7 +77,7 @@ def summary(args: argparse.Namespace) -> int:
 
 def regression(args: argparse.Namespace) -> int:
     """Learn y = 2x + 1 from the study notes' five points; print the line and save the loss curve."""
-    from imageclf.regression import X, Y, fit_line, save_loss_curve
+    from imageclf.study.regression import X, Y, fit_line, save_loss_curve
 
     weight, bias, losses = fit_line(args.epochs, args.lr)
     save_loss_curve(losses, args.plot)
@@ -89,35 +89,35 @@ def regression(args: argparse.Namespace) -> int:
 
 def fetch(args: argparse.Namespace) -> int:
     """Import the classes of params.yaml from the Animals-10 download into `--dest`."""
-    from imageclf.fetch import fetch_command
+    from imageclf.data.fetch import fetch_command
 
     return fetch_command(args.source, args.kaggle, args.dest)
 
 
 def serve(args: argparse.Namespace) -> int:
     """Serve a page to try the model on photos, and its JSON API, until Ctrl+C."""
-    from imageclf.serve import serve_command
+    from imageclf.apps.serve import serve_command
 
     return serve_command(args.model, args.host, args.port)
 
 
 def compare(args: argparse.Namespace) -> int:
     """Print each configuration's accuracy with its spread and 95 % interval, and paired tests between them."""
-    from imageclf.compare import compare_command
+    from imageclf.study.compare import compare_command
 
     return compare_command(args.experiments, args.all, args.json, args.report)
 
 
 def repeat(args: argparse.Namespace) -> int:
     """Queue one configuration over several split seeds as DVC experiments."""
-    from imageclf.compare import repeat_command
+    from imageclf.study.compare import repeat_command
 
     return repeat_command(args.runs, args.set_param)
 
 
 def lr_find(args: argparse.Namespace) -> int:
     """Run the learning-rate range test for the train params of params.yaml; plot it and suggest train.lr."""
-    from imageclf.lr_find import lr_find_command
+    from imageclf.study.lr_find import lr_find_command
 
     return lr_find_command(args.train_dir, args.val_dir, args.steps, args.plot)
 

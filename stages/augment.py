@@ -6,9 +6,9 @@ Usage: python -m stages.augment TRAIN_DIR OUT_DIR
 import sys
 from pathlib import Path
 
-from imageclf.augmentation import make_augmented
-from imageclf.errors import exit_without_final_collection, exits_cleanly
-from imageclf.params import load_params
+from imageclf.core.errors import exit_without_final_collection, exits_cleanly
+from imageclf.core.params import load_params
+from imageclf.data.augmentation import make_augmented
 
 
 @exits_cleanly

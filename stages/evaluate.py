@@ -6,9 +6,9 @@ Usage: python -m stages.evaluate MODEL_PT TEST_DIR TRAIN_HISTORY_CSV OUT_DIR
 import sys
 from pathlib import Path
 
-from imageclf.errors import exit_without_final_collection, exits_cleanly
-from imageclf.evaluation import evaluate
-from imageclf.params import load_params
+from imageclf.core.errors import exit_without_final_collection, exits_cleanly
+from imageclf.core.params import load_params
+from imageclf.evaluation.evaluate import evaluate
 
 
 @exits_cleanly

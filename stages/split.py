@@ -6,10 +6,10 @@ Usage: python -m stages.split OUT_DIR REJECTED_CSV METRICS_JSON
 import sys
 from pathlib import Path
 
-from imageclf.errors import exit_without_final_collection, exits_cleanly
-from imageclf.files import write_json
-from imageclf.params import load_params
-from imageclf.splitting import make_split
+from imageclf.core.errors import exit_without_final_collection, exits_cleanly
+from imageclf.core.files import write_json
+from imageclf.core.params import load_params
+from imageclf.data.splitting import make_split
 
 
 @exits_cleanly

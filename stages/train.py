@@ -17,13 +17,13 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from imageclf.device import process_group, rank
-from imageclf.errors import exit_without_final_collection, exits_cleanly
-from imageclf.files import write_csv, write_json
-from imageclf.inference import compiled_model_file
-from imageclf.models import save_model
-from imageclf.params import load_params
-from imageclf.training import EpochStats, FitResult, train_from_params
+from imageclf.core.device import process_group, rank
+from imageclf.core.errors import exit_without_final_collection, exits_cleanly
+from imageclf.core.files import write_csv, write_json
+from imageclf.core.params import load_params
+from imageclf.inference.predictor import compiled_model_file
+from imageclf.models.classifier import save_model
+from imageclf.training.loop import EpochStats, FitResult, train_from_params
 
 
 def write_progress(result: FitResult, metrics_path: Path, history_path: Path) -> None:

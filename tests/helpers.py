@@ -12,10 +12,10 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from imageclf.models import save_model
-from imageclf.params import TrainParams, load_params
-from imageclf.splitting import make_split
-from imageclf.training import train_from_params
+from imageclf.core.params import TrainParams, load_params
+from imageclf.data.splitting import make_split
+from imageclf.models.classifier import save_model
+from imageclf.training.loop import train_from_params
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog", "horse"]

@@ -2,7 +2,7 @@
 
 Usage, from a project root: python PATH/TO/record_param_reads.py OUT_JSON MODULE ARGS...
 
-A read is an attribute access on the params that `imageclf.params.load_params` returned, after it returned: the
+A read is an attribute access on the params that `imageclf.core.params.load_params` returned, after it returned: the
 checks `load_params` makes on every section while loading are not reads of the stage.
 """
 
@@ -50,17 +50,17 @@ class ParamReads:
 
 def main(out_path: str, module: str, *args: str) -> None:
     sys.path.insert(0, os.getcwd())  # the project's own package, as `python -m` finds it
-    import imageclf.params
+    import imageclf.core.params
 
     reads = ParamReads()
-    load_params = imageclf.params.load_params
+    load_params = imageclf.core.params.load_params
 
     def watched_load_params(*load_args: Any, **load_kwargs: Any) -> Any:
         loaded = load_params(*load_args, **load_kwargs)
         reads.watch(loaded)
         return loaded
 
-    imageclf.params.load_params = watched_load_params
+    imageclf.core.params.load_params = watched_load_params
     sys.argv = [module, *args]
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)

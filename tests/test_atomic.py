@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.manifest import MANIFEST_NAME, read_manifest
+from imageclf.data.manifest import MANIFEST_NAME, read_manifest
 from tests.helpers import PROJECT, copy_project, make_image_folder, set_params, tiny_params
 
 # Writes `4 × LIMIT` bytes with write_atomic under a file size limit of LIMIT bytes: the kernel kills the process
@@ -19,7 +19,7 @@ from tests.helpers import PROJECT, copy_project, make_image_folder, set_params, 
 KILLED_WRITER = """
 import resource, signal, sys
 from pathlib import Path
-from imageclf.files import write_atomic
+from imageclf.core.files import write_atomic
 limit = int(sys.argv[2])
 signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))

@@ -14,15 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.architectures import preprocessing_for
-from imageclf.augmentation import augmented_copy, build_transform, image_seed, make_augmented
-from imageclf.datasets import ImageDataset
-from imageclf.errors import UserError
-from imageclf.files import link_or_copy, write_atomic
-from imageclf.images import open_rgb, to_square
-from imageclf.manifest import read_manifest, write_manifest
-from imageclf.params import load_params
-from imageclf.splitting import make_split
+from imageclf.core.errors import UserError
+from imageclf.core.files import link_or_copy, write_atomic
+from imageclf.core.params import load_params
+from imageclf.data.augmentation import augmented_copy, build_transform, image_seed, make_augmented
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.images import open_rgb, to_square
+from imageclf.data.manifest import read_manifest, write_manifest
+from imageclf.data.splitting import make_split
+from imageclf.models.architectures import preprocessing_for
 from tests.helpers import CLASSES, PROJECT
 
 TRANSFORMS = [
@@ -138,7 +138,7 @@ def test_without_copies_the_originals_are_linked_without_importing_albumentation
     """The default `augment.copies: 0` must not pay the albumentations import, nor a copy of every byte, for
     nothing: each original is a hard link to the file split wrote."""
     script = (
-        "import sys; from pathlib import Path; from imageclf.augmentation import make_augmented; "
+        "import sys; from pathlib import Path; from imageclf.data.augmentation import make_augmented; "
         f"make_augmented(Path('{sample_split / 'train'}'), Path('{tmp_path / 'augmented'}'), 0, 5, {TRANSFORMS!r}); "
         "print(sorted(name for name in sys.modules if name.split('.')[0] in ('albumentations', 'cv2')))"
     )

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.errors import UserError
-from imageclf.folders import find_images
-from imageclf.manifest import Record, read_manifest
-from imageclf.splitting import make_split, split_records
+from imageclf.core.errors import UserError
+from imageclf.data.folders import find_images
+from imageclf.data.manifest import Record, read_manifest
+from imageclf.data.splitting import make_split, split_records
 from tests.helpers import CLASSES, make_image_folder
 
 

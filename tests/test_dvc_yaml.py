@@ -92,10 +92,12 @@ def test_stage_deps_list_exactly_the_code_it_imports(name: str) -> None:
 def test_the_closure_follows_every_import_form() -> None:
     """`from a.b import c`, `from a import b`, imports inside functions and imports of imports are all followed."""
     closure = import_closure(Path("stages") / "train.py")
-    assert "imageclf/params.py" in closure  # from imageclf.params import load_params
-    assert "imageclf/images.py" in closure  # from imageclf import images, in features.py
-    assert "imageclf/errors.py" in closure  # reached only through other modules, too
-    assert "imageclf/models.py" in import_closure(Path("imageclf") / "inference.py")  # inside compiled_model_file
+    assert "imageclf/core/params.py" in closure  # from imageclf.core.params import load_params
+    assert "imageclf/data/images.py" in closure  # from imageclf import images, in features.py
+    assert "imageclf/core/errors.py" in closure  # reached only through other modules, too
+    assert "imageclf/models/classifier.py" in import_closure(
+        Path("imageclf") / "inference.py"
+    )  # inside compiled_model_file
     assert "imageclf/__init__.py" not in closure  # a docstring only
 
 

@@ -13,12 +13,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from imageclf.errors import UserError
-from imageclf.evaluation import class_probabilities, evaluate, score_test_images
-from imageclf.inference import load_predictor, predict_files
-from imageclf.manifest import read_manifest
-from imageclf.params import load_params
-from imageclf.splitting import make_split
+from imageclf.core.errors import UserError
+from imageclf.core.params import load_params
+from imageclf.data.manifest import read_manifest
+from imageclf.data.splitting import make_split
+from imageclf.evaluation.evaluate import class_probabilities, evaluate, score_test_images
+from imageclf.inference.predictor import load_predictor, predict_files
 from tests.helpers import CLASSES, PROJECT, SampleModel, dvc_repro, make_image_folder, set_params
 from tests.test_predict import save_always_cat
 

@@ -18,19 +18,19 @@ import openvino
 import pytest
 import torch
 
-from imageclf.architectures import preprocessing_for
-from imageclf.datasets import ImageDataset
-from imageclf.engines import onnxruntime_function
-from imageclf.errors import UserError
-from imageclf.export import CALIBRATION_BATCH_SIZE, calibration_batches, export_command
-from imageclf.images import open_rgb
-from imageclf.inference import load_predictor
-from imageclf.manifest import Record, content_digest, write_manifest
-from imageclf.models import SavedModel, create_model, load_model, save_model
-from imageclf.params import load_params
-from imageclf.runtimes import onnx_model
-from imageclf.splitting import make_split
-from imageclf.training import train_from_params
+from imageclf.apps.export import CALIBRATION_BATCH_SIZE, calibration_batches, export_command
+from imageclf.backbone.engines import onnxruntime_function
+from imageclf.backbone.runtimes import onnx_model
+from imageclf.core.errors import UserError
+from imageclf.core.params import load_params
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.images import open_rgb
+from imageclf.data.manifest import Record, content_digest, write_manifest
+from imageclf.data.splitting import make_split
+from imageclf.inference.predictor import load_predictor
+from imageclf.models.architectures import preprocessing_for
+from imageclf.models.classifier import SavedModel, create_model, load_model, save_model
+from imageclf.training.loop import train_from_params
 from tests.helpers import CLASSES, PROJECT, SampleModel
 
 IMAGE_SIZE = 128
@@ -67,7 +67,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytorch_probabilities(model_path: Path) -> np.ndarray:
-    from imageclf.models import load_model
+    from imageclf.models.classifier import load_model
 
     saved = load_model(model_path)
     batch = np.stack([saved.preprocessing(open_rgb(path, min_side=IMAGE_SIZE)) for path in SAMPLE])
@@ -86,7 +86,7 @@ def export(model_file: Path, output: Path, format_name: str, precision: str = "f
     with them; `imageclf export` itself takes `CALIBRATION_IMAGES`)."""
     train = model_file.parent.parent / "data/split/train"
     one_batch = functools.partial(calibration_batches, count=CALIBRATION_BATCH_SIZE)
-    with mock.patch("imageclf.export.calibration_batches", one_batch):
+    with mock.patch("imageclf.apps.export.calibration_batches", one_batch):
         export_command(model_file, format_name, precision, softmax, output, train, seed=42)
     return output
 

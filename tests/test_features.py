@@ -7,11 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.architectures import preprocessing_for
-from imageclf.datasets import ImageDataset
-from imageclf.device import CPU
-from imageclf.errors import UserError
-from imageclf.features import (
+from imageclf.backbone.features import (
     CACHE_ENVIRONMENT_VARIABLE,
     EXTRACTION_BATCH_SIZE,
     FeatureExtractor,
@@ -20,9 +16,13 @@ from imageclf.features import (
     extract_features,
     feature_extractor,
 )
-from imageclf.models import create_model
-from imageclf.runtimes import BACKBONE_RUNTIMES
-from imageclf.splitting import make_split
+from imageclf.backbone.runtimes import BACKBONE_RUNTIMES
+from imageclf.core.device import CPU
+from imageclf.core.errors import UserError
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.splitting import make_split
+from imageclf.models.architectures import preprocessing_for
+from imageclf.models.classifier import create_model
 from tests.helpers import CLASSES, make_image_folder
 
 

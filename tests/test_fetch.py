@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from imageclf.cli import main
-from imageclf.folders import find_images
+from imageclf.data.folders import find_images
 from tests.helpers import CLASSES, PROJECT, make_image_folder, set_params
 
 ITALIAN = {"cat": "gatto", "dog": "cane", "horse": "cavallo", "spider": "ragno"}

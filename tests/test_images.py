@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageclf.images import open_rgb, to_rgb
+from imageclf.data.images import open_rgb, to_rgb
 
 
 def encoded(image: Image.Image, image_format: str = "PNG", **options: object) -> bytes:

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imageclf.cli import main
-from imageclf.lr_find import END_LR, SKIP_END, SKIP_START, START_LR, range_test, steepest_descent
+from imageclf.study.lr_find import END_LR, SKIP_END, SKIP_START, START_LR, range_test, steepest_descent
 
 
 def noisy_batches(seed: int = 0) -> DataLoader:

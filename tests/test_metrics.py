@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imageclf.metrics import classification_scores, confusion_matrices, precision_recall_curves
+from imageclf.evaluation.metrics import classification_scores, confusion_matrices, precision_recall_curves
 from tests.helpers import CLASSES
 
 TRUE = ["cat", "cat", "cat", "dog", "dog", "horse"]

@@ -13,14 +13,14 @@ import torchvision
 from PIL import Image
 from torch import nn
 
-from imageclf.architectures import MODELS, PackagedWeights, preprocessing_for
-from imageclf.datasets import ImageDataset
-from imageclf.errors import UserError
-from imageclf.inference import labelled_result, load_predictor, predict_files
-from imageclf.models import SavedModel, create_model, load_model, save_model
-from imageclf.params import TRAIN_MODES
-from imageclf.splitting import make_split
-from imageclf.training import train_classifier
+from imageclf.core.errors import UserError
+from imageclf.core.params import TRAIN_MODES
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.splitting import make_split
+from imageclf.inference.predictor import labelled_result, load_predictor, predict_files
+from imageclf.models.architectures import MODELS, PackagedWeights, preprocessing_for
+from imageclf.models.classifier import SavedModel, create_model, load_model, save_model
+from imageclf.training.loop import train_classifier
 from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
 
 IMAGENET_CLASSES = {"cat": range(281, 286), "dog": range(151, 269), "horse": range(339, 340)}

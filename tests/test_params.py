@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from imageclf.errors import UserError
-from imageclf.params import load_params
+from imageclf.core.errors import UserError
+from imageclf.core.params import load_params
 from tests.helpers import PROJECT
 
 

@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from imageclf.architectures import preprocessing_for
-from imageclf.errors import UserError
-from imageclf.evaluation import load_model_for
-from imageclf.export import torch_predictor
-from imageclf.images import open_rgb, to_square
-from imageclf.inference import ViewTransform, label_from_path, predict_files
-from imageclf.manifest import read_manifest
-from imageclf.models import SavedModel, create_model, load_model, save_model
-from imageclf.views import TTA
+from imageclf.apps.export import torch_predictor
+from imageclf.core.errors import UserError
+from imageclf.data.images import open_rgb, to_square
+from imageclf.data.manifest import read_manifest
+from imageclf.data.views import TTA
+from imageclf.evaluation.evaluate import load_model_for
+from imageclf.inference.predictor import ViewTransform, label_from_path, predict_files
+from imageclf.models.architectures import preprocessing_for
+from imageclf.models.classifier import SavedModel, create_model, load_model, save_model
 from tests.helpers import (
     CLASS_COLOURS,
     CLASSES,

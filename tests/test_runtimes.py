@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from imageclf.architectures import packaged_efficientnet_lite0_weights, preprocessing_for
-from imageclf.datasets import ImageDataset
-from imageclf.errors import UserError
-from imageclf.models import create_model
-from imageclf.runtimes import BACKBONE_RUNTIMES, compile_backbone
+from imageclf.backbone.runtimes import BACKBONE_RUNTIMES, compile_backbone
+from imageclf.core.errors import UserError
+from imageclf.data.datasets import ImageDataset
+from imageclf.models.architectures import packaged_efficientnet_lite0_weights, preprocessing_for
+from imageclf.models.classifier import create_model
 from tests.helpers import CLASSES, PROJECT
 
 pytestmark = pytest.mark.slow  # each test compiles a backbone on ONNX Runtime or OpenVINO

@@ -16,10 +16,10 @@ import requests
 import torch
 from PIL import Image
 
-from imageclf.architectures import preprocessing_for
-from imageclf.manifest import read_manifest
-from imageclf.models import SavedModel, create_model, save_model
-from imageclf.serve import MAX_FILES, MAX_UPLOAD_BYTES
+from imageclf.apps.serve import MAX_FILES, MAX_UPLOAD_BYTES
+from imageclf.data.manifest import read_manifest
+from imageclf.models.architectures import preprocessing_for
+from imageclf.models.classifier import SavedModel, create_model, save_model
 from tests.helpers import SampleModel, none_of_the_classes
 
 pytestmark = pytest.mark.slow  # each test starts the imageclf command, which loads torch

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imageclf.errors import UserError
-from imageclf.folders import find_files
-from imageclf.manifest import read_manifest
-from imageclf.splitting import NEAR_DUPLICATE_BITS, inspect_image, make_split
+from imageclf.core.errors import UserError
+from imageclf.data.folders import find_files
+from imageclf.data.manifest import read_manifest
+from imageclf.data.splitting import NEAR_DUPLICATE_BITS, inspect_image, make_split
 from tests.helpers import CLASS_COLOURS, CLASSES
 from tests.test_data import warnings_in
 

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from imageclf.cli import build_parser
-from imageclf.errors import UserError
-from imageclf.models import create_model
-from imageclf.regression import fit_line
-from imageclf.summary import model_summary
+from imageclf.core.errors import UserError
+from imageclf.models.classifier import create_model
+from imageclf.study.regression import fit_line
+from imageclf.study.summary import model_summary
 
 pytestmark = pytest.mark.slow  # each test runs the imageclf command, which loads torch
 

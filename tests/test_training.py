@@ -13,17 +13,16 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from imageclf.architectures import preprocessing_for
-from imageclf.datasets import ImageDataset
-from imageclf.device import Precision, select_device
-from imageclf.errors import UserError
-from imageclf.inference import load_predictor, predict_files
-from imageclf.manifest import read_manifest
-from imageclf.models import create_model, load_model
-from imageclf.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
-from imageclf.params import TrainParams, load_params
-from imageclf.splitting import make_split
-from imageclf.training import (
+from imageclf.core.device import Precision, select_device
+from imageclf.core.errors import UserError
+from imageclf.core.params import TrainParams, load_params
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.manifest import read_manifest
+from imageclf.data.splitting import make_split
+from imageclf.inference.predictor import load_predictor, predict_files
+from imageclf.models.architectures import preprocessing_for
+from imageclf.models.classifier import create_model, load_model
+from imageclf.training.loop import (
     WEIGHT_DECAY_GRID,
     Checkpointing,
     build_sampler,
@@ -35,6 +34,7 @@ from imageclf.training import (
     train_classifier,
     unknown_threshold,
 )
+from imageclf.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from tests.helpers import CLASSES, PROJECT, SampleModel, make_image_folder, train_config
 
 CPU = torch.device("cpu")

@@ -1,0 +1,274 @@
+"""`imageclf serve`: a page to try a trained model on your own photos, and a JSON API, on one local server.
+
+FastAPI on uvicorn serves one static HTML page (no build step, nothing fetched from the internet) and the API:
+`POST /predict` (multipart, one or more images in the field `files`), `GET /health`, `GET /info` (classes and test
+metrics) and `GET /plots/<name>.png`. The model is loaded once; uploads are decoded in memory and never written to
+disk, which is why the multipart body is parsed here instead of by Starlette (it spools files over 1 MB to disk).
+"""
+
+import asyncio
+import errno
+import io
+import json
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from PIL import Image, UnidentifiedImageError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from imageclf.core.errors import UserError, warn
+from imageclf.data.images import IMAGE_FORMATS
+from imageclf.data.views import DEFAULT_TTA
+from imageclf.inference import predictor as inference
+from imageclf.inference.predictor import Prediction, labelled_result, load_predictor, predict_files
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a phone photo is 2-12 MB
+MAX_FILES = 32  # per request: what one page drop holds, and a bound on the memory one request takes
+PAGE = Path(__file__).parent / "static" / "index.html"
+# The pictures the evaluate stage draws that the page shows beside the predictions, by the name in /plots/<name>.png.
+PLOTS = {
+    "confusion_matrix": "plots/confusion_matrix.png",
+    "misclassified": "plots/misclassified.png",
+}
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass
+class Upload:
+    """One file part of the request: its name and bytes (None once it grew past MAX_UPLOAD_BYTES)."""
+
+    name: str
+    content: bytearray | None
+
+
+class RequestError(Exception):
+    """A request the server refuses as a whole (not multipart, malformed, too many files): one line, HTTP 4xx."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class UploadParser:
+    """Streams a multipart/form-data body into `Upload`s of the field `files`, keeping everything in memory and
+    dropping the bytes of a file once it passes MAX_UPLOAD_BYTES (it is then refused, the others still read)."""
+
+    def __init__(self, content_type: str):
+        kind, options = parse_options_header(content_type)
+        if kind != b"multipart/form-data" or b"boundary" not in options:
+            raise RequestError(415, "send the images as multipart/form-data in the field 'files'")
+        self.uploads: list[Upload] = []
+        self.header_name, self.header_value, self.headers = b"", b"", {}
+        self.current: Upload | None = None
+        self.parser = MultipartParser(
+            options[b"boundary"],
+            {
+                "on_part_begin": self.part_begin,
+                "on_header_field": self.header_field,
+                "on_header_value": self.header_value_data,
+                "on_header_end": self.header_end,
+                "on_headers_finished": self.headers_finished,
+                "on_part_data": self.part_data,
+            },
+        )
+
+    def part_begin(self) -> None:
+        self.headers, self.current = {}, None
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_name += data[start:end]
+
+    def header_value_data(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def header_end(self) -> None:
+        self.headers[self.header_name.lower()] = self.header_value
+        self.header_name, self.header_value = b"", b""
+
+    def headers_finished(self) -> None:
+        _, options = parse_options_header(self.headers.get(b"content-disposition", b""))
+        if options.get(b"name") != b"files":
+            return
+        if len(self.uploads) == MAX_FILES:
+            raise RequestError(413, f"at most {MAX_FILES} files per request: send the others in another request")
+        name = Path(options.get(b"filename", b"").decode(errors="replace")).name or f"file{len(self.uploads) + 1}"
+        self.current = Upload(name, bytearray())
+        self.uploads.append(self.current)
+
+    def part_data(self, data: bytes, start: int, end: int) -> None:
+        upload = self.current
+        if upload is None or upload.content is None:
+            return
+        upload.content += data[start:end]
+        if len(upload.content) > MAX_UPLOAD_BYTES:
+            upload.content = None
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except RequestError:
+            raise
+        except Exception as error:
+            raise RequestError(400, f"malformed multipart body: {error}") from None
+
+    def finish(self) -> list[Upload]:
+        try:
+            self.parser.finalize()
+        except Exception as error:
+            raise RequestError(400, f"malformed multipart body: {error}") from None
+        if not self.uploads:
+            raise RequestError(422, "no file in the field 'files': send one or more images")
+        return self.uploads
+
+
+def refusal(upload: Upload) -> tuple[int, str] | None:
+    """Why an upload is refused before decoding (HTTP status, one line), or None when it may be predicted."""
+    if upload.content is None:
+        return 413, f"larger than {MAX_UPLOAD_BYTES // 2**20} MB: send a smaller photo"
+    try:
+        with Image.open(io.BytesIO(upload.content)) as image:
+            image_format, pixels = image.format, image.width * image.height
+    except Image.DecompressionBombError:
+        return 413, f"more than {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's limit): send a smaller photo"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 415, "not an image: send a JPEG, PNG, WebP, BMP, GIF or TIFF photo"
+    if image_format not in IMAGE_FORMATS:
+        return 415, f"{image_format} images are not read: send a JPEG, PNG, WebP, BMP, GIF or TIFF photo"
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        return 413, f"more than {Image.MAX_IMAGE_PIXELS:,} pixels (Pillow's limit): send a smaller photo"
+    return None
+
+
+def prediction_json(model: inference.Predictor, prediction: Prediction, name: str) -> dict:
+    """The object `imageclf predict --json` prints for one file, the upload's name as its path."""
+    upload = Prediction(Path(name), prediction.probabilities)
+    return labelled_result(upload, Path(name), model.classes, model.unknown_threshold).as_json()
+
+
+class UploadClassifier:
+    """The model, loaded once, and a lock: one forward pass at a time (the runtime already uses every core for one)."""
+
+    def __init__(self, model: inference.Predictor):
+        self.model = model
+        self.lock = threading.Lock()
+
+    def predict(self, uploads: list[Upload]) -> tuple[int, list[dict]]:
+        """One result per upload, in order: the predict --json object, or {path, error}; 200, or the first
+        refused file's 4xx."""
+        refusals = [refusal(upload) for upload in uploads]
+        accepted = [bytes(upload.content) for upload, refused in zip(uploads, refusals, strict=True) if not refused]
+        with self.lock:
+            predictions = iter(list(predict_files(self.model, accepted, DEFAULT_TTA, max(1, len(accepted)))))
+        results, status = [], 200
+        for upload, refused in zip(uploads, refusals, strict=True):
+            if refused is None:
+                prediction = next(predictions)
+                if prediction.probabilities is not None:
+                    results.append(prediction_json(self.model, prediction, upload.name))
+                    continue
+                refused = 422, f"cannot decode the image: {prediction.error}"
+            if status == 200:
+                status = refused[0]
+            results.append({"path": upload.name, "error": refused[1]})
+        return status, results
+
+
+def metrics_info(metrics_dir: Path) -> dict:
+    """The test metrics and the names of the pictures that exist, for the page; empty before `dvc repro`."""
+    metrics_file = metrics_dir / "evaluate.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+    except (OSError, ValueError):
+        metrics = None
+    return {
+        "metrics": metrics,
+        "plots": [name for name, path in PLOTS.items() if (metrics_dir / path).is_file()],
+    }
+
+
+def create_app(model: inference.Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
+    """The page and the API around one loaded model; `metrics_dir` holds evaluate.json and plots/ of that model."""
+    classifier = UploadClassifier(model)
+    app = FastAPI(title="imageclf", description="Try the trained model on your own photos.")
+
+    @app.exception_handler(RequestError)
+    async def refuse(_: Request, error: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": str(model_path), "classes": model.classes}
+
+    @app.get("/info")
+    async def info() -> dict:
+        return {
+            "model": str(model_path),
+            "architecture": model.name,
+            "classes": model.classes,
+            "image_size": model.preprocessing.image_size,
+            "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
+            "unknown_threshold": model.unknown_threshold,
+        } | metrics_info(metrics_dir)
+
+    @app.get("/plots/{name}.png")
+    async def plot(name: str) -> FileResponse:
+        path = metrics_dir / PLOTS[name] if name in PLOTS else None
+        if path is None or not path.is_file():
+            raise RequestError(404, f"no picture '{name}': choices: {', '.join(PLOTS)}")
+        return FileResponse(path, media_type="image/png")
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        parser = UploadParser(request.headers.get("content-type", ""))
+        async for chunk in request.stream():
+            parser.feed(chunk)
+        status, results = await run_in_threadpool(classifier.predict, parser.finish())
+        return JSONResponse(results, status_code=status)
+
+    return app
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or one line saying why not (port in use, unknown host)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as error:
+        raise UserError(f"cannot listen on '{host}': {error.strerror or error}; pass --host 127.0.0.1") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        reason = "in use" if error.errno == errno.EADDRINUSE else error.strerror
+        raise UserError(f"port {port} on {host} is {reason}: pass --port with another number") from None
+    sock.listen(128)
+    return sock
+
+
+def serve_command(model_path: Path, host: str, port: int) -> int:
+    """`imageclf serve`: load the model, bind, warm the model up, print the address, serve until Ctrl+C."""
+    model = load_predictor(model_path)
+    sock = bind(host, port)
+    if host not in LOOPBACK_HOSTS:
+        warn(f"listening on {host}: anyone who can reach this machine can upload photos")
+    blank_png = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(blank_png, "PNG")
+    list(predict_files(model, [blank_png.getvalue()], DEFAULT_TTA, 1))  # the first forward pass is the slow one
+    metrics_dir = model_path.resolve().parent.parent / "metrics"
+    config = uvicorn.Config(create_app(model, model_path, metrics_dir), log_level="warning")
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(f"serving {model_path} at http://{shown_host}:{bound_port} (Ctrl+C stops)", flush=True)
+    asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
+    return 0

@@ -95,9 +95,8 @@ def test_the_closure_follows_every_import_form() -> None:
     assert "imageclf/core/params.py" in closure  # from imageclf.core.params import load_params
     assert "imageclf/data/images.py" in closure  # from imageclf import images, in features.py
     assert "imageclf/core/errors.py" in closure  # reached only through other modules, too
-    assert "imageclf/models/classifier.py" in import_closure(
-        Path("imageclf") / "inference.py"
-    )  # inside compiled_model_file
+    inference = import_closure(Path("imageclf/inference/predictor.py"))
+    assert "imageclf/models/classifier.py" in inference  # inside compiled_model_file
     assert "imageclf/__init__.py" not in closure  # a docstring only
 
 

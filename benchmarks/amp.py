@@ -25,8 +25,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from imageclf.core.device import Precision, select_device
-from imageclf.core.errors import UserError, exits_cleanly
+from imageclf.core.errors import UserError
 from imageclf.core.params import DEVICES, TrainParams, load_params
+from imageclf.core.program import exits_cleanly
 from imageclf.data.datasets import ImageDataset
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import Classifier, create_model

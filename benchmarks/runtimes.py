@@ -31,8 +31,9 @@ import torch
 
 from imageclf.backbone.features import CACHE_ENVIRONMENT_VARIABLE, cached_features, feature_extractor
 from imageclf.backbone.runtimes import BACKBONE_RUNTIMES, compile_backbone
-from imageclf.core.errors import UserError, exits_cleanly
+from imageclf.core.errors import UserError
 from imageclf.core.params import load_params
+from imageclf.core.program import exits_cleanly
 from imageclf.data.datasets import ImageDataset
 from imageclf.models.architectures import MODELS, preprocessing_for
 from imageclf.models.classifier import create_model

@@ -6,22 +6,23 @@ Usage: python -m stages.split OUT_DIR REJECTED_CSV METRICS_JSON
 import sys
 from pathlib import Path
 
-from imageclf.core.errors import exit_without_final_collection, exits_cleanly
+from imageclf.core.config import load
 from imageclf.core.files import write_json
-from imageclf.core.params import load_params
+from imageclf.core.program import exit_without_final_collection, exits_cleanly
+from imageclf.data.params import DataParams, SplitParams
 from imageclf.data.splitting import make_split
 
 
 @exits_cleanly
 def main(out_dir: str, rejected_path: str, metrics_path: str) -> None:
-    params = load_params()
+    data, split = load(DataParams), load(SplitParams)
     counts = make_split(
-        Path(params.data.raw_dir),
-        params.data.classes,
-        params.data.image_size,
-        params.split.val,
-        params.split.test,
-        params.split.seed,
+        Path(data.raw_dir),
+        data.classes,
+        data.image_size,
+        split.val,
+        split.test,
+        split.seed,
         Path(out_dir),
         Path(rejected_path),
     )

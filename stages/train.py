@@ -17,13 +17,16 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from imageclf.core.config import load
 from imageclf.core.device import process_group, rank
-from imageclf.core.errors import exit_without_final_collection, exits_cleanly
 from imageclf.core.files import write_csv, write_json
-from imageclf.core.params import load_params
+from imageclf.core.program import exit_without_final_collection, exits_cleanly
+from imageclf.data.params import DataParams
 from imageclf.inference.predictor import compiled_model_file
-from imageclf.models.classifier import save_model
-from imageclf.training.loop import EpochStats, FitResult, train_from_params
+from imageclf.models.model_file import save_model
+from imageclf.training.loop import EpochStats, FitResult
+from imageclf.training.params import TrainParams
+from imageclf.training.train import train_from_params
 
 
 def write_progress(result: FitResult, metrics_path: Path, history_path: Path) -> None:
@@ -43,14 +46,16 @@ def main(
     time_path: str | None = None,
 ) -> None:
     started = time.perf_counter()
-    params = load_params()
+    data, train = load(DataParams), load(TrainParams)
     metrics, history = Path(metrics_path), Path(history_path)
 
     def on_epoch(result: FitResult) -> None:
         write_progress(result, metrics, history)
 
     with process_group():
-        saved_model, result = train_from_params(params, Path(train_dir), Path(val_dir), Path(checkpoint_path), on_epoch)
+        saved_model, result = train_from_params(
+            data, train, Path(train_dir), Path(val_dir), Path(checkpoint_path), on_epoch
+        )
         writes_outputs = rank() == 0
     if not writes_outputs:
         return

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from imageclf.backbone.features import CACHE_ENVIRONMENT_VARIABLE
+from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
 from tests.helpers import SampleModel, copy_project, dvc_repro, make_image_folder, tiny_params, train_on_sample
 
 

@@ -9,13 +9,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 
-from imageclf.core.params import TrainParams, load_params
+from imageclf.core.config import load
+from imageclf.core.device import CPU
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
-from imageclf.models.classifier import save_model
-from imageclf.training.loop import train_from_params
+from imageclf.models.classifier import Classifier
+from imageclf.models.model_file import save_model
+from imageclf.training.loop import FitResult
+from imageclf.training.modes import MODES
+from imageclf.training.params import TrainParams
+from imageclf.training.setup import Run
+from imageclf.training.train import train_from_params, train_run
 
 PROJECT = Path(__file__).resolve().parent.parent
 CLASSES = ["cat", "dog", "horse"]
@@ -61,7 +70,19 @@ def copy_project(destination: Path, **params: object) -> Path:
 def train_config(**changes: object) -> TrainParams:
     """The shipped `train` params with `changes` (for calling the training functions directly), and a fixed
     `weight_decay` unless changed: `fit` trains one head with a given L2 strength; choosing it is its caller's job."""
-    return dataclasses.replace(load_params(PROJECT / "params.yaml").train, **{"weight_decay": 0.0, **changes})
+    return dataclasses.replace(load(TrainParams, PROJECT / "params.yaml"), **{"weight_decay": 0.0, **changes})
+
+
+def train_classifier(
+    classifier: Classifier,
+    train_data: ImageDataset,
+    val_data: ImageDataset,
+    config: TrainParams,
+    device: torch.device = CPU,
+) -> FitResult:
+    """Train an already built classifier on already read datasets as the train stage would (`train_run`)."""
+    data = DataParams("", CLASSES, train_data.preprocess.image_size)
+    return train_run(Run(data, config, MODES[config.mode], classifier, train_data, val_data, device))[0]
 
 
 def set_params(project: Path, **params: object) -> None:
@@ -108,13 +129,9 @@ def train_on_sample(root: Path) -> SampleModel:
     """Split the embedded sample (93 photos) and train Lite0's head on it as the train stage does, at 128 px with a
     learning rate that fits it in seconds: a real model with the unknown threshold it chose on its 9 val photos."""
     make_split(PROJECT / "data/sample", CLASSES, 128, 0.1, 0.1, 0, root / "split")
-    params = load_params(PROJECT / "params.yaml")
-    params = dataclasses.replace(
-        params,
-        data=dataclasses.replace(params.data, image_size=128),
-        train=dataclasses.replace(params.train, epochs=60, lr=0.01, weight_decay=0.0),
-    )
-    saved, result = train_from_params(params, root / "split/train", root / "split/val")
+    data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=128)
+    train = train_config(epochs=60, lr=0.01)
+    saved, result = train_from_params(data, train, root / "split/train", root / "split/val")
     save_model(root / "models/model.pt", saved)
     return SampleModel(root / "models/model.pt", root / "split", result.summary())
 

@@ -2,8 +2,9 @@
 
 Usage, from a project root: python PATH/TO/record_param_reads.py OUT_JSON MODULE ARGS...
 
-A read is an attribute access on the params that `imageclf.core.params.load_params` returned, after it returned: the
-checks `load_params` makes on every section while loading are not reads of the stage.
+A read is an attribute access on a section that `imageclf.core.config.load` returned, after it returned (the checks
+`load` makes while loading are not reads of the stage), and every key of the file when the stage lists them all
+(`imageclf.core.config.flat_params`, for its report).
 """
 
 import dataclasses
@@ -50,17 +51,22 @@ class ParamReads:
 
 def main(out_path: str, module: str, *args: str) -> None:
     sys.path.insert(0, os.getcwd())  # the project's own package, as `python -m` finds it
-    import imageclf.core.params
+    import imageclf.core.config as config
 
     reads = ParamReads()
-    load_params = imageclf.core.params.load_params
+    load, flat_params = config.load, config.flat_params
 
-    def watched_load_params(*load_args: Any, **load_kwargs: Any) -> Any:
-        loaded = load_params(*load_args, **load_kwargs)
-        reads.watch(loaded)
+    def watched_load(schema: Any, *load_args: Any, **load_kwargs: Any) -> Any:
+        loaded = load(schema, *load_args, **load_kwargs)
+        reads.watch(loaded, f"{schema.SECTION}.")
         return loaded
 
-    imageclf.core.params.load_params = watched_load_params
+    def watched_flat_params(*load_args: Any, **load_kwargs: Any) -> Any:
+        listed = flat_params(*load_args, **load_kwargs)
+        reads.keys.update(key for key, _ in listed)
+        return listed
+
+    config.load, config.flat_params = watched_load, watched_flat_params
     sys.argv = [module, *args]
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -14,13 +14,14 @@ import pytest
 import torch
 from PIL import Image
 
+from imageclf.core.config import load
 from imageclf.core.errors import UserError
 from imageclf.core.files import link_or_copy, write_atomic
-from imageclf.core.params import load_params
 from imageclf.data.augmentation import augmented_copy, build_transform, image_seed, make_augmented
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.images import open_rgb, to_square
 from imageclf.data.manifest import read_manifest, write_manifest
+from imageclf.data.params import AugmentParams
 from imageclf.data.splitting import make_split
 from imageclf.models.architectures import preprocessing_for
 from tests.helpers import CLASSES, PROJECT
@@ -32,7 +33,7 @@ TRANSFORMS = [
 ]
 
 
-SHIPPED_TRANSFORMS = load_params(PROJECT / "params.yaml").augment.transforms
+SHIPPED_TRANSFORMS = load(AugmentParams, PROJECT / "params.yaml").transforms
 PHOTO_SIDE = 64
 
 

@@ -13,7 +13,8 @@ import yaml
 from scipy.stats import binomtest
 
 from imageclf.core.errors import UserError
-from imageclf.study.compare import Run, compare_runs, load_runs, mcnemar_p_value, repeat_command, shown_revisions
+from imageclf.study.compare import Run, compare_runs, load_runs, mcnemar_p_value, shown_revisions
+from imageclf.study.repeat import repeat_command
 from tests.helpers import copy_project, without_git_identity
 
 T_975_ONE_DEGREE = 12.706204736174698  # Student's t, 97.5 % quantile, 1 degree of freedom (two runs)

@@ -92,7 +92,7 @@ def test_stage_deps_list_exactly_the_code_it_imports(name: str) -> None:
 def test_the_closure_follows_every_import_form() -> None:
     """`from a.b import c`, `from a import b`, imports inside functions and imports of imports are all followed."""
     closure = import_closure(Path("stages") / "train.py")
-    assert "imageclf/core/params.py" in closure  # from imageclf.core.params import load_params
+    assert "imageclf/training/params.py" in closure  # from imageclf.training.params import TrainParams
     assert "imageclf/data/images.py" in closure  # from imageclf import images, in features.py
     assert "imageclf/core/errors.py" in closure  # reached only through other modules, too
     inference = import_closure(Path("imageclf/inference/predictor.py"))

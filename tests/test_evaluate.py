@@ -13,12 +13,15 @@ import pytest
 import yaml
 from PIL import Image
 
+from imageclf.core.config import load
 from imageclf.core.errors import UserError
-from imageclf.core.params import load_params
 from imageclf.data.manifest import read_manifest
+from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
 from imageclf.evaluation.evaluate import class_probabilities, evaluate, score_test_images
-from imageclf.inference.predictor import load_predictor, predict_files
+from imageclf.evaluation.params import EvaluateParams
+from imageclf.inference.photos import predict_files
+from imageclf.inference.predictor import load_predictor
 from tests.helpers import CLASSES, PROJECT, SampleModel, dvc_repro, make_image_folder, set_params
 from tests.test_predict import save_always_cat
 
@@ -96,13 +99,13 @@ def test_test_features_come_from_the_cache_and_score_as_the_model_file_predicts(
 ) -> None:
     """A model that carries its backbone graph is scored on cached test features (only its head runs after a head
     change), and the probabilities are those `imageclf predict` gives with the whole model."""
-    params = load_params(PROJECT / "params.yaml")
+    config = load(EvaluateParams, PROJECT / "params.yaml")
     test_dir = sample_model.split / "test"
     images = [test_dir / record.path for record in read_manifest(test_dir)]
     model = load_predictor(sample_model.path)
     predicted = np.stack([row.probabilities for row in predict_files(model, images, "none", 8)])
     for run in ("first", "second"):
-        probabilities = class_probabilities(model, sample_model.path, test_dir, params)
+        probabilities = class_probabilities(model, sample_model.path, test_dir, config)
         reused = len(images) if run == "second" else 0
         assert f"features of test: {reused} images from the cache, {len(images) - reused} computed" in (
             capsys.readouterr().out
@@ -122,8 +125,7 @@ def test_an_unreadable_test_photo_stops_evaluate_with_one_line(sample_model: Sam
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines()[-1].startswith(f"error: cannot read '{broken}' (OSError: "), result.stderr
     assert result.stderr.splitlines()[-1].endswith("rebuild their folders with dvc repro --force")
-    params = load_params(PROJECT / "params.yaml")
-    with_flip = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, tta="flip"))
+    with_flip = dataclasses.replace(load(EvaluateParams, PROJECT / "params.yaml"), tta="flip")
     with pytest.raises(UserError) as raised:  # test-time views: the model runs on the photos, not on cached features
         class_probabilities(load_predictor(sample_model.path), sample_model.path, test_dir, with_flip)
     assert f"error: {raised.value}" == result.stderr.splitlines()[-1]
@@ -184,8 +186,8 @@ def test_the_confusion_plot_has_true_classes_in_rows_and_predicted_in_columns(tm
     history = tmp_path / "history.csv"
     history.write_text("epoch,train_loss,val_loss,train_accuracy,val_accuracy,lr\n1,1.0,1.1,0.5,0.4,0.001\n")
     model_path = save_always_cat(tmp_path / "model.pt")
-    params = load_params(PROJECT / "params.yaml")
-    metrics = evaluate(model_path, tmp_path / "split/test", history, tmp_path / "metrics", params)
+    data, config = load(DataParams, PROJECT / "params.yaml"), load(EvaluateParams, PROJECT / "params.yaml")
+    metrics = evaluate(model_path, tmp_path / "split/test", history, tmp_path / "metrics", data, config)
     assert sorted((miss["true"], miss["predicted"]) for miss in metrics["misses"]) == [("dog", "cat"), ("horse", "cat")]
     with Image.open(tmp_path / "metrics/plots/confusion_matrix.png") as picture:
         pixels = np.asarray(picture.convert("RGB")).astype(int)
@@ -201,7 +203,7 @@ def test_a_test_images_folder_without_labels_is_refused_with_one_line(tmp_path: 
     Image.new("RGB", (40, 30), (200, 60, 60)).save(photos / "unknown.jpg")
     model = load_predictor(save_always_cat(tmp_path / "model.pt"))
     with pytest.raises(UserError, match=f"evaluate.test_images '{photos}' holds no labelled images: put them in class"):
-        score_test_images(model, photos, load_params(PROJECT / "params.yaml"))
+        score_test_images(model, photos, load(EvaluateParams, PROJECT / "params.yaml"))
 
 
 def write_evaluate_params(tmp_path: Path, **values: object) -> Path:
@@ -223,7 +225,7 @@ def write_evaluate_params(tmp_path: Path, **values: object) -> Path:
 )
 def test_bad_evaluate_params_are_named(tmp_path: Path, values: dict, message: str) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
-        load_params(write_evaluate_params(tmp_path, **values))
+        load(EvaluateParams, write_evaluate_params(tmp_path, **values))
 
 
 def test_a_missing_test_images_folder_stops_evaluate_with_one_line(reproduced_project: Path, tmp_path: Path) -> None:

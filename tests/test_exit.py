@@ -1,4 +1,4 @@
-"""Every stage process and the `imageclf` program freeze their objects at exit (`errors.exit_without_final_collection`)
+"""Every stage process and the `imageclf` program freeze their objects at exit (`program.exit_without_final_collection`)
 instead of letting the interpreter's last garbage collections walk torch's: over a second of every stage."""
 
 import os

@@ -19,19 +19,20 @@ import pytest
 import torch
 
 from imageclf.apps.export import CALIBRATION_BATCH_SIZE, calibration_batches, export_command
-from imageclf.backbone.engines import onnxruntime_function
-from imageclf.backbone.runtimes import onnx_model
+from imageclf.backbone.runtimes import onnx_model, onnxruntime_function
+from imageclf.core.config import load
 from imageclf.core.errors import UserError
-from imageclf.core.params import load_params
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.images import open_rgb
 from imageclf.data.manifest import Record, content_digest, write_manifest
+from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
 from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import preprocessing_for
-from imageclf.models.classifier import SavedModel, create_model, load_model, save_model
-from imageclf.training.loop import train_from_params
-from tests.helpers import CLASSES, PROJECT, SampleModel
+from imageclf.models.classifier import create_model
+from imageclf.models.model_file import SavedModel, load_model, save_model
+from imageclf.training.train import train_from_params
+from tests.helpers import CLASSES, PROJECT, SampleModel, train_config
 
 IMAGE_SIZE = 128
 SAMPLE = sorted((PROJECT / "data/sample").rglob("*.jpg"))
@@ -67,12 +68,10 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytorch_probabilities(model_path: Path) -> np.ndarray:
-    from imageclf.models.classifier import load_model
-
     saved = load_model(model_path)
     batch = np.stack([saved.preprocessing(open_rgb(path, min_side=IMAGE_SIZE)) for path in SAMPLE])
     with torch.inference_mode():
-        return saved.model(torch.from_numpy(batch)).softmax(dim=1).numpy()
+        return saved.classifier(torch.from_numpy(batch)).softmax(dim=1).numpy()
 
 
 def exported_probabilities(path: Path) -> np.ndarray:
@@ -282,12 +281,9 @@ def int8_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """models/model.pt as the train stage writes it: a head trained on ONNX Runtime int8 features of the sample."""
     root = tmp_path_factory.mktemp("int8")
     make_split(PROJECT / "data/sample", CLASSES, 64, 0.2, 0.2, 0, root / "data/split")
-    params = load_params(PROJECT / "params.yaml")
-    train = dataclasses.replace(
-        params.train, epochs=5, weight_decay=0.0, backbone_runtime="onnxruntime", backbone_precision="int8"
-    )
-    params = dataclasses.replace(params, data=dataclasses.replace(params.data, image_size=64), train=train)
-    saved, _ = train_from_params(params, root / "data/split/train", root / "data/split/val")
+    data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=64)
+    train = train_config(epochs=5, backbone_runtime="onnxruntime", backbone_precision="int8")
+    saved, _ = train_from_params(data, train, root / "data/split/train", root / "data/split/val")
     save_model(root / "models/model.pt", saved)
     return root / "models/model.pt"
 
@@ -301,9 +297,9 @@ def test_a_transfer_model_predicts_with_the_backbone_graph_its_head_was_trained_
     val = ImageDataset.from_manifest(int8_model_file.parent.parent / "data/split/val", CLASSES, saved.preprocessing)
     batch = np.stack([val[index][0].numpy() for index in range(len(val))])
     with torch.inference_mode():
-        fp32 = saved.model(torch.from_numpy(batch)).softmax(dim=1).numpy()
+        fp32 = saved.classifier(torch.from_numpy(batch)).softmax(dim=1).numpy()
         int8_features = torch.from_numpy(onnxruntime_function(saved.backbone_onnx, 1)(batch))
-        trained_on = saved.model.head(int8_features).softmax(dim=1).numpy()
+        trained_on = saved.classifier.head(int8_features).softmax(dim=1).numpy()
     predicted = load_predictor(int8_model_file).probabilities(batch)
     np.testing.assert_allclose(predicted, trained_on, atol=1e-5)
     assert np.abs(predicted - fp32).max() > 100 * np.abs(predicted - trained_on).max()

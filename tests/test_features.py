@@ -7,16 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.backbone.features import (
-    CACHE_ENVIRONMENT_VARIABLE,
-    EXTRACTION_BATCH_SIZE,
-    FeatureExtractor,
-    cached_features,
-    calibration_indices,
-    extract_features,
-    feature_extractor,
-)
+from imageclf.backbone.calibration import calibration_indices
+from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.backbone.runtimes import BACKBONE_RUNTIMES
+from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
 from imageclf.core.device import CPU
 from imageclf.core.errors import UserError
 from imageclf.data.datasets import ImageDataset
@@ -26,8 +20,10 @@ from imageclf.models.classifier import create_model
 from tests.helpers import CLASSES, make_image_folder
 
 
-def torch_extractor(backbone: torch.nn.Module) -> FeatureExtractor:
-    return FeatureExtractor("efficientnet_lite0", backbone, "torch", "fp32", CPU)
+def torch_backbone(backbone: torch.nn.Module, size: int = 32) -> FrozenBackbone:
+    return FrozenBackbone(
+        "efficientnet_lite0", backbone, "torch", "fp32", preprocessing_for("efficientnet_lite0", size)
+    )
 
 
 def test_features_are_computed_once_and_recomputed_exactly_where_an_input_changed(
@@ -44,14 +40,13 @@ def test_features_are_computed_once_and_recomputed_exactly_where_an_input_change
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
 
     def features(backbone: torch.nn.Module = model.backbone, data: ImageDataset | None = None) -> tuple:
-        result = cached_features(torch_extractor(backbone), data or train_split(), "train")
+        data = data or train_split()
+        result = torch_backbone(backbone, data.preprocess.image_size).features(data, "train")
         return (result.reused, result.computed), result.dataset.tensors[0]
 
     counts, first = features()
     assert counts == (0, len(dataset))
-    assert torch.equal(
-        first, extract_features(torch_extractor(model.backbone), dataset, EXTRACTION_BATCH_SIZE, "direct")
-    )
+    assert torch.equal(first, torch_backbone(model.backbone).extract(dataset, "direct"))
     counts, again = features()
     assert counts == (len(dataset), 0) and torch.equal(again, first)
 
@@ -89,8 +84,8 @@ def test_a_warm_cache_gives_the_features_a_cold_one_does_and_leaves_the_backbone
     strides = {name: tensor.stride() for name, tensor in backbone.state_dict().items()}
 
     def features(data: ImageDataset):  # a new extractor each time, as each run of the train stage makes one
-        extractor = feature_extractor("efficientnet_lite0", backbone, runtime, precision, CPU, dataset, seed=0)
-        return cached_features(extractor, data, "train")
+        frozen = FrozenBackbone.for_training("efficientnet_lite0", backbone, runtime, precision, CPU, dataset, seed=0)
+        return frozen.features(data, "train")
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -115,8 +110,10 @@ def test_the_cache_keeps_each_runtime_precision_and_calibration_apart(tmp_path: 
     backbone = create_model("efficientnet_lite0", 3, 32, pretrained=True).backbone
 
     def key(runtime: str, precision: str, seed: int = 0, count: int = 2) -> str:
-        extractor = feature_extractor("efficientnet_lite0", backbone, runtime, precision, CPU, dataset, seed, count)
-        return extractor.key(dataset.preprocess)
+        frozen = FrozenBackbone.for_training(
+            "efficientnet_lite0", backbone, runtime, precision, CPU, dataset, seed, count
+        )
+        return frozen.store_key()
 
     keys = [key(runtime, precision) for runtime, spec in BACKBONE_RUNTIMES.items() for precision in spec.precisions]
     assert len(keys) == 5 == len(set(keys))
@@ -148,9 +145,9 @@ def test_a_graph_the_runtime_cannot_run_is_one_line_saying_how_to_do_without(
     preprocessing = preprocessing_for("tf_efficientnet_lite0", 32)
     dataset = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, preprocessing)
     backbone = create_model("tf_efficientnet_lite0", 3, 32, pretrained=True).backbone
-    extractor = feature_extractor("tf_efficientnet_lite0", backbone, "onnxruntime", "int8", CPU, dataset, seed=0)
+    frozen = FrozenBackbone.for_training("tf_efficientnet_lite0", backbone, "onnxruntime", "int8", CPU, dataset, seed=0)
     with pytest.raises(UserError) as raised:
-        cached_features(extractor, dataset, "train")
+        frozen.features(dataset, "train")
     message = str(raised.value)
     assert "\n" not in message and message.startswith(
         "train.backbone_runtime onnxruntime (int8) cannot run train.model 'tf_efficientnet_lite0' at 32 px ("

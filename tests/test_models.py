@@ -14,14 +14,15 @@ from PIL import Image
 from torch import nn
 
 from imageclf.core.errors import UserError
-from imageclf.core.params import TRAIN_MODES
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.splitting import make_split
-from imageclf.inference.predictor import labelled_result, load_predictor, predict_files
+from imageclf.inference.photos import labelled_result, predict_files
+from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import MODELS, PackagedWeights, preprocessing_for
-from imageclf.models.classifier import SavedModel, create_model, load_model, save_model
-from imageclf.training.loop import train_classifier
-from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
+from imageclf.models.classifier import create_model
+from imageclf.models.model_file import SavedModel, load_model, save_model
+from imageclf.training.modes import MODES
+from tests.helpers import CLASSES, PROJECT, make_image_folder, train_classifier, train_config
 
 IMAGENET_CLASSES = {"cat": range(281, 286), "dog": range(151, 269), "horse": range(339, 340)}
 
@@ -85,7 +86,7 @@ def test_model_file_round_trip_and_refusals(tmp_path: Path) -> None:
     loaded = load_model(tmp_path / "model.pt")
     images = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
-        assert torch.allclose(loaded.model(images), model(images))
+        assert torch.allclose(loaded.classifier(images), model(images))
     assert loaded.preprocessing == preprocessing and loaded.classes == CLASSES
 
     with pytest.raises(UserError, match=f"model file '{tmp_path / 'none.pt'}' not found"):
@@ -163,8 +164,8 @@ def test_every_model_trains_a_step_in_every_mode(
     weights = None if isinstance(MODELS[name].imagenet_weights, PackagedWeights) else tmp_path / "weights.pt"
     saved = whole_architecture_weights(name, size, weights) if weights else {}
     images = ImageDataset.from_manifest(split_folders(size) / "val", CLASSES, preprocessing_for(name, size))
-    for mode in TRAIN_MODES:
-        pretrained = mode != "fromzero"
+    for mode, spec in MODES.items():
+        pretrained = spec.pretrained
         torch.manual_seed(0)
         model = create_model(name, 3, size, pretrained=pretrained, weights=weights if pretrained else None)
         backbone = model.backbone.state_dict()
@@ -175,10 +176,10 @@ def test_every_model_trains_a_step_in_every_mode(
         config = train_config(
             model=name, mode=mode, epochs=1, batch_size=len(images), lr=0.01, backbone_precision="fp32"
         )
-        train_classifier(model, images, images, config, torch.device("cpu"))
+        train_classifier(model, images, images, config)
         changed = {key for key, value in model.state_dict().items() if not torch.equal(value, before[key])}
         assert {"head.1.weight", "head.1.bias"} <= changed, mode
-        assert any(key.startswith("backbone.") for key in changed) == (mode != "transfer_learning"), mode
+        assert any(key.startswith("backbone.") for key in changed) == spec.trains_backbone, mode
 
 
 def test_weights_that_do_not_fit_the_model_are_refused_in_one_line(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""params.yaml is checked before any work: the shipped file loads, and each mistake is named in one line."""
+"""params.yaml is checked before any work: the shipped file loads, each mistake is named in one line, and each stage
+checks the sections it uses."""
 
 import re
 import subprocess
@@ -8,15 +9,51 @@ from pathlib import Path
 import pytest
 import yaml
 
+from imageclf.core.config import SECTIONS, load
 from imageclf.core.errors import UserError
-from imageclf.core.params import load_params
+from imageclf.data.params import AugmentParams, DataParams, SplitParams
+from imageclf.evaluation.params import EvaluateParams
+from imageclf.training.params import TrainParams
 from tests.helpers import PROJECT
+
+SECTIONS_BY_NAME = {
+    "data": DataParams,
+    "split": SplitParams,
+    "augment": AugmentParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+}
+
+
+def load_params(path: Path) -> None:
+    """Every section, as the four stages together load them."""
+    for schema in SECTIONS_BY_NAME.values():
+        load(schema, path)
 
 
 def test_the_shipped_params_load() -> None:
-    params = load_params(PROJECT / "params.yaml")
-    assert params.data.classes == ["cat", "dog", "horse"]
-    assert params.train.model == "efficientnet_lite0" and params.train.mode == "transfer_learning"
+    assert list(SECTIONS_BY_NAME) == list(SECTIONS) == [schema.SECTION for schema in SECTIONS_BY_NAME.values()]
+    assert load(DataParams, PROJECT / "params.yaml").classes == ["cat", "dog", "horse"]
+    train = load(TrainParams, PROJECT / "params.yaml")
+    assert train.model == "efficientnet_lite0" and train.mode == "transfer_learning"
+
+
+def test_a_stage_checks_only_its_own_sections(tmp_path: Path) -> None:
+    """split reads data and split: a mistake in train is the train stage's to report, so split and augment do not
+    depend on the train section's rules (nor on the code behind them)."""
+    path = write_params(tmp_path, "train", "lr", "fast")
+    assert load(SplitParams, path).seed == 42 and load(DataParams, path).image_size == 256
+    with pytest.raises(UserError, match=re.escape("'train.lr' must be float")):
+        load(TrainParams, path)
+
+
+def test_an_unknown_section_is_named_by_every_stage(tmp_path: Path) -> None:
+    values = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    values["trian"] = {"lr": 0.1}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(values))
+    with pytest.raises(UserError, match=re.escape("unknown section 'trian' (allowed: data, split, augment, train, ")):
+        load(SplitParams, path)
 
 
 def write_params(tmp_path: Path, section: str, key: str, value: object) -> Path:
@@ -127,4 +164,4 @@ def test_int8_needs_a_runtime_that_quantizes(tmp_path: Path) -> None:
         load_params(path)
     values["train"]["backbone_runtime"] = "openvino"
     path.write_text(yaml.safe_dump(values))
-    assert load_params(path).train.backbone_precision == "int8"
+    assert load(TrainParams, path).backbone_precision == "int8"

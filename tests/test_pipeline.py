@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from imageclf.backbone.features import CACHE_ENVIRONMENT_VARIABLE
+from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
 from tests.helpers import CLASSES, dvc_repro, set_params, without_git_identity
 
 ALL_STAGES = {"split", "augment", "train", "evaluate"}

@@ -12,15 +12,16 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from imageclf.apps.export import torch_predictor
 from imageclf.core.errors import UserError
 from imageclf.data.images import open_rgb, to_square
 from imageclf.data.manifest import read_manifest
 from imageclf.data.views import TTA
 from imageclf.evaluation.evaluate import load_model_for
-from imageclf.inference.predictor import ViewTransform, label_from_path, predict_files
+from imageclf.inference.photos import ViewTransform, label_from_path, predict_files
+from imageclf.inference.predictor import torch_predictor
 from imageclf.models.architectures import preprocessing_for
-from imageclf.models.classifier import SavedModel, create_model, load_model, save_model
+from imageclf.models.classifier import create_model
+from imageclf.models.model_file import SavedModel, load_model, save_model
 from tests.helpers import (
     CLASS_COLOURS,
     CLASSES,
@@ -241,8 +242,11 @@ def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) ->
     (photos / "cat/broken.jpg").write_bytes(b"\xff\xd8 truncated")
     torch.manual_seed(0)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
-    saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32))
-    predictor = torch_predictor(saved)
+    save_model(
+        tmp_path / "model.pt",
+        SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32)),
+    )
+    predictor = torch_predictor(tmp_path / "model.pt")
     paths = sorted(photos.rglob("*.jpg"))
     batched = list(predict_files(predictor, paths, "flip", batch_size=4))
     single = list(predict_files(predictor, paths, "flip", batch_size=1, decode_threads=0))

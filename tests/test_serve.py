@@ -19,7 +19,8 @@ from PIL import Image
 from imageclf.apps.serve import MAX_FILES, MAX_UPLOAD_BYTES
 from imageclf.data.manifest import read_manifest
 from imageclf.models.architectures import preprocessing_for
-from imageclf.models.classifier import SavedModel, create_model, save_model
+from imageclf.models.classifier import create_model
+from imageclf.models.model_file import SavedModel, save_model
 from tests.helpers import SampleModel, none_of_the_classes
 
 pytestmark = pytest.mark.slow  # each test starts the imageclf command, which loads torch

@@ -13,29 +13,24 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from imageclf.core.device import Precision, select_device
+from imageclf.core.config import load
+from imageclf.core.device import MixedPrecision, select_device
 from imageclf.core.errors import UserError
-from imageclf.core.params import TrainParams, load_params
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.manifest import read_manifest
+from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
-from imageclf.inference.predictor import load_predictor, predict_files
+from imageclf.inference.photos import predict_files
+from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import preprocessing_for
-from imageclf.models.classifier import create_model, load_model
-from imageclf.training.loop import (
-    WEIGHT_DECAY_GRID,
-    Checkpointing,
-    build_sampler,
-    class_weights,
-    fit,
-    fit_choosing_weight_decay,
-    parameter_groups,
-    run_fingerprint,
-    train_classifier,
-    unknown_threshold,
-)
+from imageclf.models.classifier import create_model
+from imageclf.models.model_file import load_model
+from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
+from imageclf.training.loop import WEIGHT_DECAY_GRID, Checkpointing, fit, fit_choosing_weight_decay, parameter_groups
 from imageclf.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
-from tests.helpers import CLASSES, PROJECT, SampleModel, make_image_folder, train_config
+from imageclf.training.params import TrainParams
+from imageclf.training.train import run_fingerprint, unknown_threshold
+from tests.helpers import CLASSES, PROJECT, SampleModel, make_image_folder, train_classifier, train_config
 
 CPU = torch.device("cpu")
 
@@ -133,7 +128,7 @@ def test_auto_weight_decay_keeps_the_val_best_strength_trained_as_a_fixed_run_wo
 def test_auto_weight_decay_is_chosen_in_transfer_learning_and_named_in_params(tmp_path: Path) -> None:
     train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
-    result = train_classifier(model, train_data, val_data, train_config(weight_decay="auto", epochs=2), CPU)
+    result = train_classifier(model, train_data, val_data, train_config(weight_decay="auto", epochs=2))
     summary = result.summary()
     assert list(summary["val_loss_by_weight_decay"]) == [str(strength) for strength in WEIGHT_DECAY_GRID]
     assert summary["weight_decay"] == result.weight_decay in WEIGHT_DECAY_GRID
@@ -145,7 +140,7 @@ def test_auto_weight_decay_is_chosen_in_transfer_learning_and_named_in_params(tm
         values["train"]["weight_decay"] = refused
         path.write_text(yaml.safe_dump(values))
         with pytest.raises(UserError, match=rf"'train.weight_decay' is {refused!r}; give auto "):
-            load_params(path)
+            load(TrainParams, path)
 
 
 @pytest.mark.slow
@@ -205,7 +200,7 @@ def test_every_table_name_builds_and_params_refuse_any_other(tmp_path: Path, key
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(values))
     with pytest.raises(UserError) as refused:
-        load_params(path)
+        load(TrainParams, path)
     assert str(refused.value) == f"{path}: 'train.{key}' is 'lion'; allowed: {', '.join(table)}"
 
 
@@ -240,16 +235,14 @@ def test_plateau_schedule_lowers_the_rate_only_after_val_loss_stalls() -> None:
 def test_balanced_class_weights_match_scikit_learn() -> None:
     labels = torch.tensor([0] * 50 + [1] * 146 + [2] * 79)
     expected = compute_class_weight("balanced", classes=np.arange(3), y=labels.numpy())
-    assert class_weights(labels, 3, train_config(class_weights="balanced")).tolist() == pytest.approx(expected)
-    assert class_weights(labels, 3, train_config(class_weights="none")) is None
+    assert CLASS_WEIGHTS["balanced"](labels, 3).tolist() == pytest.approx(expected)
+    assert CLASS_WEIGHTS["none"](labels, 3) is None
 
 
 def test_weighted_sampler_draws_every_class_about_equally() -> None:
     labels = torch.tensor([0] * 50 + [1] * 146 + [2] * 79)
     draws = [
-        labels[index]
-        for _ in range(20)
-        for index in build_sampler(labels, train_config(sampler="weighted"), torch.Generator().manual_seed(0))
+        labels[index] for _ in range(20) for index in SAMPLERS["weighted"](labels, torch.Generator().manual_seed(0))
     ]
     shares = torch.bincount(torch.stack(draws)).float() / len(draws)
     assert shares.tolist() == pytest.approx([1 / 3] * 3, abs=0.03)
@@ -289,16 +282,16 @@ def test_a_checkpoint_of_other_params_or_data_is_discarded(tmp_path: Path) -> No
     assert Checkpointing(tmp_path / "train.pt", every=1, fingerprint="run-b").load() is None
 
     train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
-    params = load_params(PROJECT / "params.yaml")
-    fingerprint = run_fingerprint(params, train_data, val_data)
-    assert fingerprint == run_fingerprint(params, train_data, val_data)
-    changed_lr = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=0.002))
-    assert run_fingerprint(changed_lr, train_data, val_data) != fingerprint
-    assert run_fingerprint(params, val_data, val_data) != fingerprint
+    data, train = load(DataParams, PROJECT / "params.yaml"), load(TrainParams, PROJECT / "params.yaml")
+    fingerprint = run_fingerprint(data, train, train_data, val_data)
+    assert fingerprint == run_fingerprint(data, train, train_data, val_data)
+    changed_lr = dataclasses.replace(train, lr=0.002)
+    assert run_fingerprint(data, changed_lr, train_data, val_data) != fingerprint
+    assert run_fingerprint(data, train, val_data, val_data) != fingerprint
     redrawn = train_data.paths[0]
     redrawn.write_bytes(val_data.paths[0].read_bytes())  # same manifest, other picture (as a new augment.seed)
     reread = ImageDataset(train_data.paths, train_data.labels, train_data.sources, train_data.preprocess)
-    assert run_fingerprint(params, reread, val_data) != fingerprint, "the next run reads the folder anew"
+    assert run_fingerprint(data, train, reread, val_data) != fingerprint, "the next run reads the folder anew"
 
 
 def test_the_device_is_chosen_automatically_and_a_missing_one_is_named() -> None:
@@ -311,7 +304,7 @@ def test_the_device_is_chosen_automatically_and_a_missing_one_is_named() -> None
 
 
 def test_mixed_precision_is_one_code_path_that_only_cuda_switches_on() -> None:
-    cpu = Precision(CPU, enabled=True)
+    cpu = MixedPrecision(CPU, enabled=True)
     assert not cpu.active and not cpu.grad_scaler().is_enabled()
     results = [
         fit(head(), features(60, 1), features(30, 2), train_config(amp=amp, epochs=3, batch_size=16), CPU).history
@@ -319,7 +312,7 @@ def test_mixed_precision_is_one_code_path_that_only_cuda_switches_on() -> None:
     ]
     assert results[0] == results[1]
     if torch.cuda.is_available():
-        cuda = Precision(torch.device("cuda"), enabled=True)
+        cuda = MixedPrecision(torch.device("cuda"), enabled=True)
         assert cuda.active and cuda.dtype in (torch.bfloat16, torch.float16)
         assert cuda.grad_scaler().is_enabled() == (cuda.dtype == torch.float16)
 

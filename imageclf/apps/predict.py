@@ -1,18 +1,17 @@
-"""`imageclf predict`: print each file's class and confidence (a table or JSON), and the accuracy when labelled."""
+"""`imageclf predict`: classify image files or folders: each file's class and confidence (a table or JSON), and the
+accuracy and misses when the photos are labelled (in class folders or named <class>_*.jpg)."""
 
+import argparse
 import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
-from imageclf.inference.predictor import (
-    LabelledResult,
-    files_to_predict,
-    labelled_result,
-    labelled_scores,
-    load_predictor,
-    predict_files,
-)
+from imageclf.core.arguments import add_model_file_argument, positive_int
+from imageclf.data.views import DEFAULT_TTA, TTA
+from imageclf.evaluation.metrics import labelled_scores
+from imageclf.inference.photos import DECODE_THREADS, LabelledResult, files_to_predict, labelled_result, predict_files
+from imageclf.inference.predictor import load_predictor
 
 # The class column of an image that is none of the classes (`--json`: label null, unknown true).
 UNKNOWN_LABEL = "unknown"
@@ -80,3 +79,30 @@ def predict_command(
     if scores:
         print_summary(scores, summary)
     return 1 if errors else 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="an image file or a folder")
+    add_model_file_argument(parser)
+    parser.add_argument("--top-k", type=positive_int, default=3, help="classes to list per image (3)")
+    parser.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    parser.add_argument(
+        "--tta",
+        choices=TTA,
+        default=DEFAULT_TTA,
+        help=f"views as in evaluate.tta: flip averages the photo and its mirror image (default: {DEFAULT_TTA})",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="images per forward pass (32)")
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=DECODE_THREADS,
+        metavar="N",
+        help=f"threads decoding the next batch while the model runs; 0: none (default: {DECODE_THREADS})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return predict_command(
+        args.paths, args.model, args.top_k, args.json, args.tta, args.batch_size, args.decode_threads
+    )

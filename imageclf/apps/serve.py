@@ -1,4 +1,4 @@
-"""`imageclf serve`: a page to try a trained model on your own photos, and a JSON API, on one local server.
+"""`imageclf serve`: a web page and JSON API to try the model on your own photos.
 
 FastAPI on uvicorn serves one static HTML page (no build step, nothing fetched from the internet) and the API:
 `POST /predict` (multipart, one or more images in the field `files`), `GET /health`, `GET /info` (classes and test
@@ -6,6 +6,7 @@ metrics) and `GET /plots/<name>.png`. The model is loaded once; uploads are deco
 disk, which is why the multipart body is parsed here instead of by Starlette (it spools files over 1 MB to disk).
 """
 
+import argparse
 import asyncio
 import errno
 import io
@@ -22,19 +23,21 @@ from PIL import Image, UnidentifiedImageError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
+from imageclf.core import paths
+from imageclf.core.arguments import add_model_file_argument
 from imageclf.core.errors import UserError, warn
 from imageclf.data.images import IMAGE_FORMATS
 from imageclf.data.views import DEFAULT_TTA
-from imageclf.inference import predictor as inference
-from imageclf.inference.predictor import Prediction, labelled_result, load_predictor, predict_files
+from imageclf.inference.photos import Prediction, labelled_result, predict_files
+from imageclf.inference.predictor import Predictor, load_predictor
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a phone photo is 2-12 MB
 MAX_FILES = 32  # per request: what one page drop holds, and a bound on the memory one request takes
 PAGE = Path(__file__).parent / "static" / "index.html"
 # The pictures the evaluate stage draws that the page shows beside the predictions, by the name in /plots/<name>.png.
 PLOTS = {
-    "confusion_matrix": "plots/confusion_matrix.png",
-    "misclassified": "plots/misclassified.png",
+    "confusion_matrix": Path(paths.PLOTS_DIR) / paths.CONFUSION_MATRIX,
+    "misclassified": Path(paths.PLOTS_DIR) / paths.MISCLASSIFIED,
 }
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -145,7 +148,7 @@ def refusal(upload: Upload) -> tuple[int, str] | None:
     return None
 
 
-def prediction_json(model: inference.Predictor, prediction: Prediction, name: str) -> dict:
+def prediction_json(model: Predictor, prediction: Prediction, name: str) -> dict:
     """The object `imageclf predict --json` prints for one file, the upload's name as its path."""
     upload = Prediction(Path(name), prediction.probabilities)
     return labelled_result(upload, Path(name), model.classes, model.unknown_threshold).as_json()
@@ -154,7 +157,7 @@ def prediction_json(model: inference.Predictor, prediction: Prediction, name: st
 class UploadClassifier:
     """The model, loaded once, and a lock: one forward pass at a time (the runtime already uses every core for one)."""
 
-    def __init__(self, model: inference.Predictor):
+    def __init__(self, model: Predictor):
         self.model = model
         self.lock = threading.Lock()
 
@@ -181,7 +184,7 @@ class UploadClassifier:
 
 def metrics_info(metrics_dir: Path) -> dict:
     """The test metrics and the names of the pictures that exist, for the page; empty before `dvc repro`."""
-    metrics_file = metrics_dir / "evaluate.json"
+    metrics_file = metrics_dir / paths.EVALUATE_METRICS
     try:
         metrics = json.loads(metrics_file.read_text())
     except (OSError, ValueError):
@@ -192,7 +195,7 @@ def metrics_info(metrics_dir: Path) -> dict:
     }
 
 
-def create_app(model: inference.Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
+def create_app(model: Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
     """The page and the API around one loaded model; `metrics_dir` holds evaluate.json and plots/ of that model."""
     classifier = UploadClassifier(model)
     app = FastAPI(title="imageclf", description="Try the trained model on your own photos.")
@@ -213,7 +216,7 @@ def create_app(model: inference.Predictor, model_path: Path, metrics_dir: Path) 
     async def info() -> dict:
         return {
             "model": str(model_path),
-            "architecture": model.name,
+            "architecture": model.architecture,
             "classes": model.classes,
             "image_size": model.preprocessing.image_size,
             "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
@@ -265,10 +268,33 @@ def serve_command(model_path: Path, host: str, port: int) -> int:
     blank_png = io.BytesIO()
     Image.new("RGB", (64, 64)).save(blank_png, "PNG")
     list(predict_files(model, [blank_png.getvalue()], DEFAULT_TTA, 1))  # the first forward pass is the slow one
-    metrics_dir = model_path.resolve().parent.parent / "metrics"
+    metrics_dir = paths.metrics_dir_of(model_path)
     config = uvicorn.Config(create_app(model, model_path, metrics_dir), log_level="warning")
     bound_host, bound_port = sock.getsockname()[:2]
     shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"serving {model_path} at http://{shown_host}:{bound_port} (Ctrl+C stops)", flush=True)
     asyncio.run(uvicorn.Server(config).serve(sockets=[sock]))
     return 0
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535 (0: any free port, printed at start)."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535, got {value}")
+    return value
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Serve a page (drop or take photos, see each one's classes) and POST /predict, GET /health, until Ctrl+C."
+    )
+    add_model_file_argument(parser)
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)"
+    )
+    parser.add_argument("--port", type=port_number, default=8000, help="0 picks a free one (default: 8000)")
+
+
+def run(args: argparse.Namespace) -> int:
+    return serve_command(args.model, args.host, args.port)

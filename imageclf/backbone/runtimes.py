@@ -1,4 +1,4 @@
-"""Engines that run a frozen backbone over batches of images: PyTorch, ONNX Runtime and OpenVINO.
+"""The runtimes that run a frozen backbone over batches of images: PyTorch, ONNX Runtime and OpenVINO.
 
 PyTorch trains every model and is the reference; for a frozen backbone, whose only job is one forward pass per
 image, ONNX Runtime and OpenVINO run the same weights several times faster on a CPU, in float32 or, calibrated on
@@ -14,6 +14,7 @@ import copy
 import importlib
 import io
 import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,42 +25,93 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imageclf.backbone.engines import onnxruntime_function, onnxruntime_session, openvino_function
 from imageclf.core.errors import UserError
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-FeatureFunction = Callable[[np.ndarray], np.ndarray]
-PRECISIONS = ("fp32", "int8")
+BatchFunction = Callable[[np.ndarray], np.ndarray]
+
+
+def cpu_threads() -> int:
+    """`OMP_NUM_THREADS`, else the CPU cores this process may run on: the threads every runtime gets."""
+    return int(os.environ.get("OMP_NUM_THREADS") or len(os.sched_getaffinity(0)))
+
+
+def onnxruntime_session(model: bytes | Path, threads: int):
+    """An ONNX Runtime CPU session: `threads` for each operator, one operator at a time, errors only in the log.
+
+    Its threads sleep between operators instead of spinning: the processes decoding the next images share the
+    cores, and spinning took their time (the animals photos' int8 features: 194-201 images/s against 164-174).
+    """
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_function(model: bytes | Path, threads: int) -> BatchFunction:
+    """The graph's first output for a batch fed to its only input."""
+    session = onnxruntime_session(model, threads)
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: batch})[0]
+
+
+def openvino_function(model, threads: int) -> BatchFunction:
+    """An OpenVINO model (or .xml path) compiled for the CPU: one stream, so results do not depend on scheduling,
+    and float32 throughout (else bfloat16 on CPUs that have it, which gives other numbers)."""
+    import openvino
+
+    compiled = openvino.Core().compile_model(
+        str(model) if isinstance(model, Path) else model,
+        "CPU",
+        {
+            "INFERENCE_NUM_THREADS": threads,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_PRECISION_HINT": "f32",
+        },
+    )
+    request = compiled.create_infer_request()
+    return lambda batch: request.infer({0: batch})[0].copy()
+
+
 TORCH_ADVICE = "or set train.backbone_runtime: torch"
+Quantizer = Callable[[object, Sequence[np.ndarray]], object]  # (a runtime's model, calibration batches) -> int8 model
 
 
 @dataclass(frozen=True)
 class BackboneRuntime:
-    """How one engine compiles a backbone; `packages` are the pip names it needs, imported under `modules`.
-
-    Only PyTorch `uses_device` (`train.device`); the others run on the CPU.
+    """How one runtime runs a backbone: `compile` turns it into a function from a float32 NCHW batch to features,
+    quantized by `quantizers[precision]` on calibration batches of training images (None: float32 as exported).
+    The keys of `quantizers` are the precisions it offers. `packages` are the pip names it needs, imported under
+    `modules`. Only PyTorch `uses_device` (`train.device`); the others run on the CPU.
     """
 
-    compile: Callable[[nn.Module, tuple[int, ...], str, Sequence[np.ndarray], torch.device], FeatureFunction]
-    precisions: tuple[str, ...]
+    compile: Callable[[nn.Module, tuple[int, ...], Quantizer | None, Sequence[np.ndarray], torch.device], BatchFunction]
+    quantizers: dict[str, Quantizer | None]
     packages: tuple[str, ...]
     modules: tuple[str, ...]
     uses_device: bool = False
 
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.quantizers)
 
-def threads() -> int:
-    """The threads PyTorch uses (`OMP_NUM_THREADS`, else the CPU cores): every runtime gets as many."""
-    import torch
-
-    return torch.get_num_threads()
+    def calibrates(self, precision: str) -> bool:
+        """Whether `precision` needs calibration images (an int8 model's activation ranges)."""
+        return self.quantizers[precision] is not None
 
 
 def torch_features(
-    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
-) -> FeatureFunction:
+    backbone: nn.Module, batch_shape: tuple[int, ...], quantize: None, calibration: Sequence[np.ndarray], device
+) -> BatchFunction:
     """The backbone itself, in channels-last memory format (faster on a CPU), on `device`.
 
     It runs a copy, so the caller's backbone keeps the standard memory format, which `torch.save` records.
@@ -136,7 +188,7 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
         logging.disable(logging.WARNING)  # its advice to preprocess the graph first, on the root logger
         try:
             calibrator = calibrate.create_calibrator(source, augmented_model_path=str(Path(folder) / "augmented.onnx"))
-            calibrator.infer_session = onnxruntime_session(Path(calibrator.augmented_model_path), threads())
+            calibrator.infer_session = onnxruntime_session(Path(calibrator.augmented_model_path), cpu_threads())
             calibrator.collect_data(Calibration())
             calibrate.save_tensors_data(calibrator.compute_data(), ranges)
             quantization.quantize_static(
@@ -154,21 +206,23 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
         return quantized.read_bytes()
 
 
-def backbone_onnx(backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration) -> bytes:
-    """The backbone as an ONNX graph for any batch size, fp32 or int8 (`quantize_onnx` on `calibration`).
+def backbone_onnx(
+    backbone: nn.Module, batch_shape: tuple[int, ...], quantize: Quantizer | None, calibration: Sequence[np.ndarray]
+) -> bytes:
+    """The backbone as an ONNX graph for any batch size, quantized when asked (`quantize_onnx` on `calibration`).
 
     The graph that computed a model's training features is saved in its model file, so evaluate and predict run
     the same (quantized) backbone as the head was trained on.
     """
     model = onnx_model(backbone, batch_shape, dynamic_batch=True)
-    return quantize_onnx(model, calibration) if precision == "int8" else model
+    return model if quantize is None else quantize(model, calibration)
 
 
 def onnxruntime_features(
-    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
-) -> FeatureFunction:
+    backbone: nn.Module, batch_shape: tuple[int, ...], quantize: Quantizer | None, calibration, device
+) -> BatchFunction:
     """ONNX Runtime's CPU engine on `backbone_onnx`."""
-    return onnxruntime_function(backbone_onnx(backbone, batch_shape, precision, calibration), threads())
+    return onnxruntime_function(backbone_onnx(backbone, batch_shape, quantize, calibration), cpu_threads())
 
 
 def quantize_openvino(model, calibration: Sequence[np.ndarray]):
@@ -180,16 +234,14 @@ def quantize_openvino(model, calibration: Sequence[np.ndarray]):
 
 
 def openvino_features(
-    backbone: nn.Module, batch_shape: tuple[int, ...], precision: str, calibration: Sequence[np.ndarray], device
-) -> FeatureFunction:
-    """OpenVINO's CPU engine (`engines.openvino_function`), fp32 or int8 (`quantize_openvino`)."""
+    backbone: nn.Module, batch_shape: tuple[int, ...], quantize: Quantizer | None, calibration, device
+) -> BatchFunction:
+    """OpenVINO's CPU engine (`openvino_function`), quantized when asked (`quantize_openvino`)."""
     import openvino
     import torch
 
     model = openvino.convert_model(torch.export.export(_frozen_copy(backbone), (torch.zeros(batch_shape),)))
-    if precision == "int8":
-        model = quantize_openvino(model, calibration)
-    return openvino_function(model, threads())
+    return openvino_function(model if quantize is None else quantize(model, calibration), cpu_threads())
 
 
 def _frozen_copy(backbone: nn.Module) -> nn.Module:
@@ -198,9 +250,13 @@ def _frozen_copy(backbone: nn.Module) -> nn.Module:
 
 
 BACKBONE_RUNTIMES: dict[str, BackboneRuntime] = {
-    "torch": BackboneRuntime(torch_features, ("fp32",), ("torch",), ("torch",), uses_device=True),
-    "onnxruntime": BackboneRuntime(onnxruntime_features, PRECISIONS, ("onnxruntime", "onnx"), ("onnxruntime", "onnx")),
-    "openvino": BackboneRuntime(openvino_features, PRECISIONS, ("openvino", "nncf"), ("openvino", "nncf")),
+    "torch": BackboneRuntime(torch_features, {"fp32": None}, ("torch",), ("torch",), uses_device=True),
+    "onnxruntime": BackboneRuntime(
+        onnxruntime_features, {"fp32": None, "int8": quantize_onnx}, ("onnxruntime", "onnx"), ("onnxruntime", "onnx")
+    ),
+    "openvino": BackboneRuntime(
+        openvino_features, {"fp32": None, "int8": quantize_openvino}, ("openvino", "nncf"), ("openvino", "nncf")
+    ),
 }
 
 
@@ -229,14 +285,14 @@ def compile_backbone(
     precision: str,
     calibration: Sequence[np.ndarray] = (),
     device: torch.device | str = "cpu",
-) -> FeatureFunction:
+) -> BatchFunction:
     """Backbone → features function on runtime `name`; raise UserError if the runtime is not installed.
 
-    int8 needs `calibration`: batches of `batch_shape` from the training images, whose activation ranges fix
-    the quantization; the same batches give the same quantized model.
+    A precision the runtime `calibrates` needs `calibration`: batches of `batch_shape` from the training images,
+    whose activation ranges fix the quantization; the same batches give the same quantized model.
     """
     runtime = BACKBONE_RUNTIMES[name]
     require_modules(runtime, f"train.backbone_runtime '{name}'", TORCH_ADVICE)
-    if precision == "int8" and not calibration:
-        raise ValueError("int8 needs calibration batches")
-    return runtime.compile(backbone, batch_shape, precision, calibration, device)
+    if runtime.calibrates(precision) and not calibration:
+        raise ValueError(f"{precision} needs calibration batches")
+    return runtime.compile(backbone, batch_shape, runtime.quantizers[precision], calibration, device)

@@ -10,6 +10,7 @@ import torch
 from imageclf.core.errors import UserError
 
 CPU = torch.device("cpu")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # `train.device`: auto picks the first present of the others
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -25,7 +26,7 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 @dataclass(frozen=True)
-class Precision:
+class MixedPrecision:
     """Mixed precision on CUDA (bfloat16 where the GPU supports it, else float16 with loss scaling).
 
     Everywhere else, and with `enabled` False, the same calls run in full precision.

@@ -1,5 +1,7 @@
-"""Import Kaggle's Animals-10 (folders in Italian under `raw-img/`) into `<dest>/<English class name>/`."""
+"""`imageclf fetch`: import a public data set into data/raw: Kaggle's Animals-10 (folders in Italian under
+`raw-img/`), the classes of params.yaml, into `<dest>/<English class name>/`."""
 
+import argparse
 import importlib.util
 import os
 import shutil
@@ -9,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
+from imageclf.core.config import load
 from imageclf.core.errors import UserError
 from imageclf.core.files import atomic_dir
-from imageclf.core.params import load_params
+from imageclf.core.paths import RAW_DIR
 from imageclf.data.images import is_hidden
+from imageclf.data.params import DataParams
 
 ANIMALS10_SLUG = "alessiocorrado99/animals10"
 # The archive's folder names and the class names this project uses.
@@ -129,10 +133,22 @@ def fetch_animals10(source: Path | None, use_kaggle: bool, dest: Path, classes: 
 
 def fetch_command(source: Path | None, use_kaggle: bool, dest: Path) -> int:
     """`imageclf fetch animals10`: check params.yaml, import the configured classes, say what to do next."""
-    params = load_params()
-    counts = fetch_animals10(source, use_kaggle, dest, params.data.classes)
+    counts = fetch_animals10(source, use_kaggle, dest, load(DataParams).classes)
     listed = ", ".join(f"{label} {count:,}" for label, count in counts.items())
     print(f"imported {sum(counts.values()):,} files into {dest}/: {listed}")
     print(f"track the folder with DVC:  dvc add {dest}")
     print(f"point data.raw_dir at it:   set 'raw_dir: {dest}' under data: in params.yaml, then dvc repro")
     return 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Import Kaggle's Animals-10 archive."
+    parser.add_argument("dataset", choices=["animals10"], help="the data set")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--source", type=Path, metavar="PATH", help="the downloaded zip, or the folder it unpacks to")
+    where.add_argument("--kaggle", action="store_true", help="download Animals-10 with the Kaggle API")
+    parser.add_argument("--dest", type=Path, default=RAW_DIR, help=f"where <class>/ folders go (default: {RAW_DIR})")
+
+
+def run(args: argparse.Namespace) -> int:
+    return fetch_command(args.source, args.kaggle, args.dest)

@@ -4,13 +4,20 @@ from pathlib import Path
 
 import numpy as np
 
-from imageclf.backbone.features import FeatureExtractor, cached_features
+from imageclf.backbone.frozen import FrozenBackbone
+from imageclf.core import paths
 from imageclf.core.errors import UserError, warn
 from imageclf.core.files import write_csv, write_json
-from imageclf.core.params import Params
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.manifest import read_manifest, unreadable_image
-from imageclf.evaluation.metrics import classification_scores, confusion_matrices, precision_recall_curves
+from imageclf.data.params import DataParams
+from imageclf.evaluation.metrics import (
+    classification_scores,
+    confusion_matrices,
+    labelled_scores,
+    precision_recall_curves,
+)
+from imageclf.evaluation.params import EvaluateParams
 from imageclf.evaluation.reports import (
     Miss,
     confusion_figure,
@@ -20,24 +27,9 @@ from imageclf.evaluation.reports import (
     save_figure,
     write_report,
 )
-from imageclf.inference.predictor import (
-    PREDICTORS,
-    Predictor,
-    is_unknown,
-    labelled_scores,
-    load_predictor,
-    predict_files,
-    predict_folder,
-)
-from imageclf.models.classifier import graph_and_head
-
-# What evaluate writes into its output folder (the paths dvc.yaml declares).
-METRICS_FILE = "evaluate.json"
-PREDICTIONS_FILE = "test_predictions.csv"
-PRECISION_RECALL_DIR = "precision_recall"
-TEST_IMAGES_FILE = "test_images.json"
-PLOTS_DIR = "plots"
-REPORT_FILE = "report.md"
+from imageclf.inference.photos import predict_files, predict_folder
+from imageclf.inference.predictor import PREDICTORS, Predictor, is_unknown, load_predictor
+from imageclf.models.model_file import carried_backbone
 
 
 def load_model_for(model_path: Path, classes: list[str]) -> Predictor:
@@ -65,14 +57,12 @@ def unknown_scores(true: list[str], probabilities: np.ndarray, classes: list[str
     }
 
 
-def score_test_images(model: Predictor, folder: Path, params: Params) -> dict:
+def score_test_images(model: Predictor, folder: Path, config: EvaluateParams) -> dict:
     """`classification_scores` on a labelled folder (class folders or `<class>_name.jpg` files); unreadable files are
     warned about and counted, a folder without labelled images is refused."""
     if not folder.is_dir():
         raise UserError(f"evaluate.test_images '{folder}' is not a folder: fix the path or set it to \"\"")
-    results, unreadable = predict_folder(
-        model, folder, params.evaluate.tta, params.evaluate.batch_size, description="test_images"
-    )
+    results, unreadable = predict_folder(model, folder, config.tta, config.batch_size, description="test_images")
     for prediction in unreadable:
         warn(f"cannot read '{prediction.path}': {prediction.error}")
     scores = labelled_scores(results, model.classes, unreadable=len(unreadable))
@@ -87,7 +77,7 @@ def score_test_images(model: Predictor, folder: Path, params: Params) -> dict:
     return scores | unknown_scores(true, probabilities, model.classes, model.unknown_threshold)
 
 
-def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, params: Params) -> np.ndarray:
+def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, config: EvaluateParams) -> np.ndarray:
     """Each test photo's class probabilities, in manifest order.
 
     A model file that carries the backbone graph its head was trained on (transfer learning on ONNX Runtime) gets
@@ -96,37 +86,37 @@ def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, para
     the photos.
     """
     carried = None
-    if params.evaluate.tta == "none" and model_path.suffix.lower() not in PREDICTORS:
-        carried = graph_and_head(model_path)
+    if config.tta == "none" and model_path.suffix.lower() not in PREDICTORS:
+        carried = carried_backbone(model_path)
     if carried is not None:
-        dataset = ImageDataset.from_manifest(test_dir, params.data.classes, model.preprocessing)
-        extractor = FeatureExtractor.of_graph(model.name, carried.graph, carried.precision, model.preprocessing)
-        return carried.probabilities(cached_features(extractor, dataset, "test").dataset.tensors[0])
+        dataset = ImageDataset.from_manifest(test_dir, model.classes, carried.preprocessing)
+        frozen = FrozenBackbone.of_graph(carried.architecture, carried.graph, carried.precision, carried.preprocessing)
+        return carried.head.probabilities(frozen.features(dataset, "test").dataset.tensors[0])
     images = [test_dir / record.path for record in read_manifest(test_dir)]
-    predictions = list(
-        predict_files(model, images, params.evaluate.tta, params.evaluate.batch_size, description="evaluate")
-    )
+    predictions = list(predict_files(model, images, config.tta, config.batch_size, description="evaluate"))
     unreadable = [prediction for prediction in predictions if prediction.probabilities is None]
     if unreadable:
         raise unreadable_image(unreadable[0].path, unreadable[0].error)
     return np.stack([prediction.probabilities for prediction in predictions])
 
 
-def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, params: Params) -> dict:
+def evaluate(
+    model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, data: DataParams, config: EvaluateParams
+) -> dict:
     """Write metrics, predictions, precision-recall curves, pictures and the report into `out_dir`."""
-    classes = params.data.classes
+    classes = data.classes
     model = load_model_for(model_path, classes)
     records = read_manifest(test_dir)
     images = [test_dir / record.path for record in records]
-    probabilities = class_probabilities(model, model_path, test_dir, params)
+    probabilities = class_probabilities(model, model_path, test_dir, config)
     true = [record.label for record in records]
     predicted = [classes[index] for index in probabilities.argmax(axis=1)]
 
     metrics = classification_scores(true, probabilities, classes, [record.source for record in records])
     metrics |= unknown_scores(true, probabilities, classes, model.unknown_threshold)
-    write_json(out_dir / METRICS_FILE, metrics)
+    write_json(out_dir / paths.EVALUATE_METRICS, metrics)
     write_csv(
-        out_dir / PREDICTIONS_FILE,
+        out_dir / paths.TEST_PREDICTIONS,
         [
             {
                 "path": record.source,
@@ -141,29 +131,27 @@ def evaluate(model_path: Path, test_dir: Path, history_path: Path, out_dir: Path
     )
     curves = precision_recall_curves(true, probabilities, classes)
     for label, rows in curves.items():
-        write_json(out_dir / PRECISION_RECALL_DIR / f"{label}.json", rows)
+        write_json(out_dir / paths.PRECISION_RECALL_DIR / f"{label}.json", rows)
 
-    test_images = (
-        score_test_images(model, Path(params.evaluate.test_images), params) if params.evaluate.test_images else {}
-    )
-    write_json(out_dir / TEST_IMAGES_FILE, test_images)
+    test_images = score_test_images(model, Path(config.test_images), config) if config.test_images else {}
+    write_json(out_dir / paths.TEST_IMAGES_METRICS, test_images)
 
-    plots = out_dir / PLOTS_DIR
+    plots = out_dir / paths.PLOTS_DIR
     pictures = {
-        "Confusion matrix": plots / "confusion_matrix.png",
-        "Misclassified test images": plots / "misclassified.png",
-        "Precision-recall curves": plots / "precision_recall.png",
-        "Training curves": plots / "training_curves.png",
+        "Confusion matrix": plots / paths.CONFUSION_MATRIX,
+        "Misclassified test images": plots / paths.MISCLASSIFIED,
+        "Precision-recall curves": plots / paths.PRECISION_RECALL,
+        "Training curves": plots / paths.TRAINING_CURVES,
     }
     save_figure(confusion_figure(*confusion_matrices(true, predicted, classes), classes), pictures["Confusion matrix"])
     image_of = {record.source: image for record, image in zip(records, images, strict=True)}
     misses = [
         Miss(image_of[miss["path"]], Path(miss["path"]).name, miss["true"], miss["predicted"], miss["confidence"])
-        for miss in metrics["misses"][: params.evaluate.gallery_size]
+        for miss in metrics["misses"][: config.gallery_size]
     ]
     plot_gallery(misses, len(records), pictures["Misclassified test images"])
     average_precision = {label: row["average_precision"] for label, row in metrics["per_class"].items()}
     plot_precision_recall(curves, average_precision, pictures["Precision-recall curves"])
     plot_training_curves(history_path, pictures["Training curves"])
-    write_report(out_dir / REPORT_FILE, params, metrics, test_images, pictures)
+    write_report(out_dir / paths.REPORT, config.test_images, metrics, test_images, pictures)
     return metrics

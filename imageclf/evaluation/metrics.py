@@ -7,6 +7,8 @@ with scikit-learn): importing scikit-learn took a second of every evaluate stage
 
 import numpy as np
 
+from imageclf.inference.photos import LabelledResult
+
 
 def classification_scores(
     true: list[str],
@@ -68,6 +70,21 @@ def classification_scores(
         },
         "misses": sorted(misses, key=lambda miss: -miss["confidence"]),
     }
+
+
+def labelled_scores(results: list[LabelledResult], classes: list[str], unreadable: int = 0) -> dict | None:
+    """`classification_scores` over the results that carry a true label; None when none does."""
+    labelled = [result for result in results if result.true_label is not None]
+    if not labelled:
+        return None
+    return classification_scores(
+        [result.true_label for result in labelled],
+        np.array([[result.probabilities[label] for label in classes] for result in labelled]),
+        classes,
+        [str(result.path) for result in labelled],
+        unlabelled=len(results) - len(labelled),
+        unreadable=unreadable,
+    )
 
 
 def divide_or_zero(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:

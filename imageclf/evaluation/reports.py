@@ -2,7 +2,7 @@
 
 import csv
 import io
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +10,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageOps
 
+from imageclf.core.config import flat_params
 from imageclf.core.files import write_atomic
-from imageclf.core.params import Params
 from imageclf.data.images import open_rgb
 
 THUMBNAIL_SIDE = 160
@@ -121,13 +121,9 @@ def plot_precision_recall(curves: dict[str, list[dict]], average_precision: dict
     save_figure(figure, path)
 
 
-def flat_params(params: Params) -> list[tuple[str, str]]:
-    """`section.key` and value rows of every param."""
-    return [
-        (f"{section}.{key}", repr(value) if isinstance(value, str) else str(value))
-        for section, values in asdict(params).items()
-        for key, value in values.items()
-    ]
+def shown(value: object) -> str:
+    """A param's value as the report has always shown it: strings quoted, the rest as Python prints them."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 def percent(value: float) -> str:
@@ -165,15 +161,17 @@ def unknown_line(metrics: dict) -> str:
     )
 
 
-def write_report(path: Path, params: Params, metrics: dict, test_images: dict, pictures: dict[str, Path]) -> None:
-    """metrics/report.md: the params, the scores of the test split (and of `evaluate.test_images`), the pictures
-    (linked relative to the report)."""
+def write_report(
+    path: Path, test_images_folder: str, metrics: dict, test_images: dict, pictures: dict[str, Path]
+) -> None:
+    """metrics/report.md: the scores of the test split (and of `evaluate.test_images`), the pictures (linked
+    relative to the report) and every param of params.yaml."""
     lines = ["# Evaluation report", "", "## Metrics on the test split", ""]
     lines += [f"Accuracy: **{percent(metrics['accuracy'])}** on {metrics['images']} images.", ""]
     lines += [unknown_line(metrics), ""]
     lines += scores_table(metrics)
     if test_images:
-        lines += ["", f"## Metrics on the labelled folder `{params.evaluate.test_images}`", ""]
+        lines += ["", f"## Metrics on the labelled folder `{test_images_folder}`", ""]
         lines += [
             f"Accuracy: **{percent(test_images['accuracy'])}** ({test_images['correct']}/{test_images['images']}; "
             f"{test_images['unlabelled']} without a label, {test_images['unreadable']} unreadable).",
@@ -188,5 +186,5 @@ def write_report(path: Path, params: Params, metrics: dict, test_images: dict, p
     for title, picture in pictures.items():
         lines += [f"### {title}", "", f"![{title}]({picture.relative_to(path.parent).as_posix()})", ""]
     lines += ["## Params", "", "| param | value |", "|---|---|"]
-    lines += [f"| `{key}` | `{value}` |" for key, value in flat_params(params)]
+    lines += [f"| `{key}` | `{shown(value)}` |" for key, value in flat_params()]
     write_atomic(path, ("\n".join(lines) + "\n").encode())

@@ -1,4 +1,5 @@
-"""Compare DVC experiments with their uncertainty: repeated runs of one configuration form one row.
+"""`imageclf compare`: compare DVC experiments: mean, spread, 95 % intervals, paired tests. Repeated runs of one
+configuration form one row.
 
 On a few hundred test photos one photo moves accuracy by a quarter point, and a new split seed alone moves a run
 by a photo or two; a single number cannot tell a real difference from that noise. Each row gives the mean, the
@@ -7,6 +8,7 @@ a single run, or for runs that all scored the same), and two configurations scor
 paired exact McNemar test on their per-photo predictions.
 """
 
+import argparse
 import csv
 import io
 import json
@@ -19,12 +21,13 @@ from pathlib import Path
 
 from scipy.stats import binomtest, t
 
+from imageclf.core import paths
 from imageclf.core.errors import UserError, warn
 from imageclf.core.files import write_atomic
 
-EVALUATE_METRICS = "metrics/evaluate.json"
-PREDICTIONS = "metrics/test_predictions.csv"
-TRAIN_TIME = "metrics/train_time.json"
+EVALUATE_METRICS = (paths.METRICS_DIR / paths.EVALUATE_METRICS).as_posix()
+PREDICTIONS = (paths.METRICS_DIR / paths.TEST_PREDICTIONS).as_posix()
+TRAIN_TIME = (paths.METRICS_DIR / paths.TRAIN_TIME).as_posix()
 SEED_PARAMS = ("split.seed", "augment.seed", "train.seed")
 CONFIDENCE = 0.95
 
@@ -425,27 +428,23 @@ def compare_command(names: list[str], all_commits: bool, as_json: bool, report: 
     return 0
 
 
-def repeat_seeds(runs: int) -> list[int]:
-    """The split seeds of `runs` repeats: the shipped 42, then 1, 2, … (the splits docs/results.md reports)."""
-    return [42, *range(1, runs)]
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Group finished DVC experiments by their params without the seeds; per configuration the accuracy and "
+        "macro-F1 mean, sd, min-max and 95 % interval; McNemar's exact test between configurations run with the "
+        "same seeds."
+    )
+    parser.add_argument(
+        "experiments", nargs="*", metavar="EXP", help="experiment names or revisions (default: all that are shown)"
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="the experiments of every commit, not only of HEAD (dvc exp show -A)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument(
+        "--report", type=Path, metavar="FILE.md", help="also write a Markdown report, with its plot beside it (.png)"
+    )
 
 
-def repeat_command(runs: int, settings: list[str]) -> int:
-    """Queue one configuration (`settings`, params.yaml key=value) over `runs` split seeds; print what to run next."""
-    for setting in settings:
-        key, equals, value = setting.partition("=")
-        if not equals or not key or not value:
-            raise UserError(f"-S {setting}: give a params.yaml key=value, such as -S train.lr=0.003")
-        if key == "split.seed":
-            raise UserError("-S split.seed: repeat sets the split seed itself; give the other params")
-    for seed in repeat_seeds(runs):
-        options = [item for setting in settings for item in ("-S", setting)]
-        dvc(["exp", "run", "--queue", "-S", f"split.seed={seed}", *options], Path.cwd())
-    configuration = " ".join(settings) or "params.yaml as it is"
-    seeds = ", ".join(map(str, repeat_seeds(runs)))
-    print(f"queued {runs} runs of {configuration} (split.seed {seeds}); next:")
-    print("  dvc queue start        # run them in the background (or: dvc exp run --run-all, in the foreground)")
-    print("  dvc queue status       # which are queued, running, done or failed")
-    print("  dvc exp show           # their params and metrics")
-    print("  imageclf compare       # each configuration's mean, spread, 95 % interval and paired tests")
-    return 0
+def run(args: argparse.Namespace) -> int:
+    return compare_command(args.experiments, args.all, args.json, args.report)

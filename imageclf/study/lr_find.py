@@ -1,4 +1,5 @@
-"""The learning-rate range test (fastai's lr_find): pick `train.lr` from one short run instead of a sweep.
+"""`imageclf lr-find`: suggest train.lr with a learning-rate range test (fastai's lr_find): pick `train.lr` from one
+short run of the train params of params.yaml instead of a sweep.
 
 The learning rate grows exponentially from 1e-7 to 10 over a few hundred steps while the loss is smoothed
 (exponential moving average, beta 0.98, bias-corrected); the test stops when the smoothed loss passes 4× its best.
@@ -7,6 +8,7 @@ steps (fastai v1's lr_find). The model is built and trained in memory
 only: nothing under models/ or checkpoints/ is read or written.
 """
 
+import argparse
 import itertools
 import math
 from dataclasses import dataclass
@@ -17,14 +19,15 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from imageclf.core.device import select_device
+from imageclf.core import paths
+from imageclf.core.arguments import positive_int
+from imageclf.core.config import load
 from imageclf.core.errors import UserError
-from imageclf.core.params import Params, load_params
-from imageclf.data.datasets import ImageDataset
-from imageclf.models.architectures import preprocessing_for
-from imageclf.models.classifier import create_model
-from imageclf.training.loop import data_loaders, frozen_features, loss_functions, parameter_groups, seed_everything
+from imageclf.data.params import DataParams
+from imageclf.training.loop import data_loaders, loss_functions, parameter_groups, torch_threads
 from imageclf.training.optim import build_optimizer
+from imageclf.training.params import TrainParams
+from imageclf.training.setup import feed, set_up
 
 START_LR = 1e-7
 END_LR = 10.0
@@ -88,31 +91,20 @@ def range_test(
     return RangeTest(lrs, losses, steepest_descent(lrs, losses))
 
 
-def range_test_from_params(params: Params, train_dir: Path, val_dir: Path, steps: int) -> RangeTest:
-    """The range test for `train.*` as the train stage would start: the same model, mode, optimizer and loss.
-
-    In transfer learning only the head trains, on the backbone's cached features, as in the train stage;
-    fine-tuning's warm-up epochs are left out (the whole model takes part from the first step).
-    """
-    data, config = params.data, params.train
-    seed_everything(config.seed)
-    preprocessing = preprocessing_for(config.model, data.image_size)
-    weights = Path(config.weights) if config.weights else None
-    model = create_model(
-        config.model, len(data.classes), data.image_size, config.mode != "fromzero", weights, config.dropout
-    )
-    device = select_device(config.device)
-    train_data = ImageDataset.from_manifest(train_dir, data.classes, preprocessing)
-    val_data = ImageDataset.from_manifest(val_dir, data.classes, preprocessing)
-    network: nn.Module = model
-    if config.mode == "transfer_learning":
-        train_data, val_data = frozen_features(model, train_data, val_data, config, device)
-        network = model.head
-    network.to(device)
-    train_loss, _ = loss_functions(train_data, val_data, config, device)
-    batches, _ = data_loaders(train_data, val_data, config, device, torch.Generator().manual_seed(config.seed))
-    optimizer = build_optimizer(parameter_groups(network, config), config)
-    return range_test(network, batches, train_loss, optimizer, steps)
+def range_test_from_params(
+    data: DataParams, train: TrainParams, train_dir: Path, val_dir: Path, steps: int
+) -> RangeTest:
+    """The range test for `train.*` as the train stage would start: the same run set-up, what its mode trains (the
+    head on stored features, or the whole classifier on images), the same optimizer and loss. Fine-tuning's warm-up
+    epochs are left out (the whole model takes part from the first step)."""
+    run = set_up(data, train, train_dir, val_dir)
+    fed = feed(run)
+    network = fed.network.to(run.device)
+    train_loss, _ = loss_functions(fed.train, fed.val, train, run.device)
+    batches, _ = data_loaders(fed.train, fed.val, train, run.device, torch.Generator().manual_seed(train.seed))
+    optimizer = build_optimizer(parameter_groups(network, train), train)
+    with torch_threads(fed.threads):
+        return range_test(network, batches, train_loss, optimizer, steps)
 
 
 def save_plot(test: RangeTest, path: Path) -> None:
@@ -130,9 +122,28 @@ def save_plot(test: RangeTest, path: Path) -> None:
 
 
 def lr_find_command(train_dir: Path, val_dir: Path, steps: int, plot: Path) -> int:
-    test = range_test_from_params(load_params(), train_dir, val_dir, steps)
+    test = range_test_from_params(load(DataParams), load(TrainParams), train_dir, val_dir, steps)
     save_plot(test, plot)
     steps_run = f"{len(test.lrs)} steps from {test.lrs[0]:.0e} to {test.lrs[-1]:.2g}"
     print(f"{steps_run}; the smoothed loss fell fastest at {test.suggestion:.2g}")
     print(f"suggested: dvc exp run -S train.lr={test.suggestion:.2g}   (plot: {plot})")
     return 0
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "fastai's range test for the train.* params of params.yaml: the learning rate grows from 1e-7 to 10 until "
+        "the smoothed loss passes 4x its best; suggests where it fell fastest. Writes only the plot."
+    )
+    parser.add_argument("--steps", type=positive_int, default=100, help="batches at most (100)")
+    parser.add_argument("--plot", type=Path, default=Path("lr_find.png"), help="the loss curve PNG (lr_find.png)")
+    parser.add_argument(
+        "--train-dir", type=Path, default=paths.AUGMENTED_DIR, help=f"training manifest folder ({paths.AUGMENTED_DIR})"
+    )
+    parser.add_argument(
+        "--val-dir", type=Path, default=paths.VAL_DIR, help=f"validation manifest folder ({paths.VAL_DIR})"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    return lr_find_command(args.train_dir, args.val_dir, args.steps, args.plot)

@@ -1,5 +1,8 @@
-"""The study notes' first lesson: learn y = 2x + 1 from five points with one linear neuron."""
+"""`imageclf regression`: the study notes' first lesson, learning y = 2x + 1 from five points with one linear neuron.
 
+It prints the line learned and saves the loss curve."""
+
+import argparse
 import io
 from pathlib import Path
 
@@ -42,3 +45,18 @@ def save_loss_curve(losses: list[float], path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     write_atomic(Path(path), buffer.getvalue())
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--epochs", type=int, default=1000)
+    parser.add_argument("--lr", type=float, default=0.02, help="learning rate of plain gradient descent")
+    parser.add_argument("--plot", type=Path, default=Path("regression_loss.png"), help="the loss curve PNG")
+
+
+def run(args: argparse.Namespace) -> int:
+    weight, bias, losses = fit_line(args.epochs, args.lr)
+    save_loss_curve(losses, args.plot)
+    print(f"data: X = {X}, Y = {Y}")
+    print(f"learned: y = {weight:.4f}·x + {bias:.4f} (the truth: y = 2x + 1), final loss {losses[-1]:.2e}")
+    print(f"loss curve: {args.plot}")
+    return 0

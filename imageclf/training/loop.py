@@ -1,47 +1,35 @@
-"""The training loop, read top to bottom: features once (frozen backbone), then epochs of train and validate.
-
-`train_from_params` builds the architecture `train.model` for `train.mode`; `fit` runs the epochs with the
-optimizer, schedule, early stopping and checkpoints that `train.*` asks for; `fit_choosing_weight_decay` runs it
-once per L2 strength when `train.weight_decay` is `auto`.
+"""The training loop, read top to bottom: `fit` runs epochs of train and validate with the optimizer, schedule,
+early stopping and checkpoints that `train.*` asks for, on whatever its mode feeds it (`setup.Inputs`: a whole
+classifier on images, or a head on stored features); `fit_choosing_weight_decay` runs it once per L2 strength.
 """
 
 import copy
-import hashlib
 import io
-import json
-import math
-import random
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, TensorDataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, TensorDataset
 from tqdm import tqdm
 
-from imageclf.backbone.features import FeatureExtractor, cached_features, feature_extractor
-from imageclf.core.device import CPU, Precision, is_distributed, loader_options, rank, select_device, world_size
+from imageclf.core.device import MixedPrecision, is_distributed, loader_options, rank, world_size
 from imageclf.core.errors import UserError, warn
 from imageclf.core.files import write_atomic
-from imageclf.core.params import WEIGHT_DECAY_AUTO, Params, TrainParams
 from imageclf.data.datasets import ImageDataset
-from imageclf.models.architectures import preprocessing_for
-from imageclf.models.classifier import Classifier, SavedModel, create_model
+from imageclf.models.classifier import Classifier
+from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
+from imageclf.training.modes import MODES
 from imageclf.training.optim import build_optimizer, build_schedule, step_schedule
+from imageclf.training.params import TrainParams
+from imageclf.training.stopping import MONITORS, Plateau
 
 if TYPE_CHECKING:
     from imageclf.training.optim import Schedule
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 @dataclass
@@ -52,34 +40,6 @@ class EpochStats:
     val_loss: float
     val_accuracy: float
     lr: float
-
-
-@dataclass
-class Plateau:
-    """Counts epochs in which a value did not improve on its best by more than `min_delta`.
-
-    `exhausted` once that count reaches `patience`; a patience of 0 never runs out.
-    """
-
-    patience: int
-    min_delta: float
-    higher_is_better: bool
-    best: float | None = None
-    epochs_without_improvement: int = 0
-
-    def update(self, value: float) -> bool:
-        """Record one epoch's value; return whether it is a new best."""
-        sign = 1 if self.higher_is_better else -1
-        improved = self.best is None or sign * (value - self.best) > self.min_delta
-        if improved:
-            self.best, self.epochs_without_improvement = value, 0
-        else:
-            self.epochs_without_improvement += 1
-        return improved
-
-    @property
-    def exhausted(self) -> bool:
-        return 0 < self.patience <= self.epochs_without_improvement
 
 
 @dataclass
@@ -168,7 +128,7 @@ class TrainingState:
     result: FitResult = field(default_factory=FitResult)
 
     @classmethod
-    def start(cls, model: nn.Module, config: TrainParams, precision: Precision) -> "TrainingState":
+    def start(cls, model: nn.Module, config: TrainParams, precision: MixedPrecision) -> "TrainingState":
         optimizer = build_optimizer(parameter_groups(model, config), config)
         stopping = config.early_stopping
         return cls(
@@ -177,7 +137,7 @@ class TrainingState:
             build_schedule(optimizer, config),
             precision.grad_scaler(),
             torch.Generator().manual_seed(config.seed),
-            Plateau(stopping.patience, stopping.min_delta, higher_is_better=stopping.monitor == "val_accuracy"),
+            Plateau(stopping.patience, stopping.min_delta, higher_is_better=MONITORS[stopping.monitor]),
             Plateau(config.convergence.patience, config.convergence.min_delta, higher_is_better=True),
         )
 
@@ -245,37 +205,21 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
 
 
 def parameter_groups(model: nn.Module, config: TrainParams) -> list[dict]:
-    """One group per learning rate: in fine-tuning the backbone learns at `lr × backbone_lr_scale`."""
+    """One group per learning rate: where a mode fine-tunes, the backbone learns at `lr × backbone_lr_scale`."""
     if not isinstance(model, Classifier):
         return [{"params": list(model.parameters()), "lr": config.lr}]
-    backbone_scale = config.backbone_lr_scale if config.mode == "fine_tuning" else 1.0
+    backbone_scale = config.backbone_lr_scale if MODES[config.mode].fine_tunes else 1.0
     return [
         {"params": list(model.backbone.parameters()), "lr": config.lr * backbone_scale},
         {"params": list(model.head.parameters()), "lr": config.lr},
     ]
 
 
-def build_sampler(labels: torch.Tensor, config: TrainParams, generator: torch.Generator) -> Sampler:
-    """A shuffle, or a weighted draw that shows every class equally often (for imbalanced classes)."""
-    if config.sampler == "weighted":
-        weights = 1.0 / torch.bincount(labels).double()
-        return WeightedRandomSampler(weights[labels], num_samples=len(labels), generator=generator)
-    return torch.utils.data.RandomSampler(range(len(labels)), generator=generator)
-
-
-def class_weights(labels: torch.Tensor, num_classes: int, config: TrainParams) -> torch.Tensor | None:
-    """With `balanced`, each class's loss weight is inverse to its frequency (scikit-learn's formula)."""
-    if config.class_weights == "none":
-        return None
-    counts = torch.bincount(labels, minlength=num_classes).float()
-    return len(labels) / (num_classes * counts.clamp(min=1))
-
-
 def run_epoch(
     network: nn.Module,
     batches: Iterable,
     loss_function: nn.Module,
-    precision: Precision,
+    precision: MixedPrecision,
     optimizer: torch.optim.Optimizer | None = None,
     scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[float, float]:
@@ -314,7 +258,7 @@ def loss_functions(
     compares across runs."""
     train_labels = labels_of(train_data)
     num_classes = int(max(train_labels.max(), labels_of(val_data).max())) + 1
-    weights = class_weights(train_labels, num_classes, config)
+    weights = CLASS_WEIGHTS[config.class_weights](train_labels, num_classes)
     train_loss = nn.CrossEntropyLoss(
         weight=None if weights is None else weights.to(device), label_smoothing=config.label_smoothing
     )
@@ -353,7 +297,7 @@ def data_loaders(
             raise UserError("train.sampler: weighted does not run under torchrun: use train.class_weights: balanced")
         sampler = DistributedSampler(train_data, num_replicas=processes, rank=rank(), seed=config.seed)
     else:
-        sampler = build_sampler(labels_of(train_data), config, generator)
+        sampler = SAMPLERS[config.sampler](labels_of(train_data), generator)
     batch_size = max(1, config.batch_size // processes)  # the same batch in all, however many processes share it
     if isinstance(train_data, TensorDataset) and isinstance(val_data, TensorDataset):
         return TensorBatches(train_data, batch_size, sampler), TensorBatches(val_data, config.batch_size)
@@ -367,14 +311,14 @@ def data_loaders(
 class TrainableLayers:
     """Which layers train in an epoch, and the module that trains them.
 
-    In fine-tuning the backbone stays frozen for the first `train.warmup_epochs` epochs. Under torchrun the
+    Where a mode fine-tunes, the backbone stays frozen for the first `train.warmup_epochs` epochs. Under torchrun the
     module is a DistributedDataParallel wrapper, made again when the set of trainable layers changes: DDP
     syncs the gradients of the parameters that train when it wraps the model.
     """
 
     def __init__(self, model: nn.Module, config: TrainParams):
         self.model, self.warmup_epochs = model, config.warmup_epochs
-        self.fine_tuning = isinstance(model, Classifier) and config.mode == "fine_tuning"
+        self.fine_tuning = isinstance(model, Classifier) and MODES[config.mode].fine_tunes
         self.wrapper: nn.Module | None = None
         self.wrapped_frozen = False
 
@@ -412,7 +356,7 @@ def fit(
     validate on the whole val set, and only the first saves checkpoints.
     """
     model.to(device, memory_format=torch.channels_last)  # convolutions twice as fast on a CPU; a head is unaffected
-    precision = Precision(device, config.amp)
+    precision = MixedPrecision(device, config.amp)
     train_loss_function, val_loss_function = loss_functions(train_data, val_data, config, device)
     state = TrainingState.start(model, config, precision)
     if checkpointing:
@@ -490,171 +434,12 @@ def fit_choosing_weight_decay(
     return best
 
 
-def backbone_extractor(
-    model: Classifier, train_data: ImageDataset, config: TrainParams, device: torch.device
-) -> FeatureExtractor:
-    """The frozen backbone on `train.backbone_runtime` at `train.backbone_precision`."""
-    return feature_extractor(
-        config.model,
-        model.backbone,
-        config.backbone_runtime,
-        config.backbone_precision,
-        device,
-        train_data,
-        config.seed,
-    )
-
-
-def frozen_features(
-    model: Classifier, train_data: ImageDataset, val_data: ImageDataset, config: TrainParams, device: torch.device
-) -> tuple[TensorDataset, TensorDataset]:
-    """What the head trains on in transfer learning: the frozen backbone's features of both sets, from the
-    feature cache or computed once on `train.backbone_runtime`."""
-    model.backbone.requires_grad_(False)
-    if rank() > 0:
-        torch.distributed.barrier()  # the first process fills the feature cache; the others then read it
-    extractor = backbone_extractor(model, train_data, config, device)
-    train_inputs, val_inputs = (
-        cached_features(extractor, data, name).dataset for data, name in ((train_data, "train"), (val_data, "val"))
-    )
-    if rank() == 0 and is_distributed():
-        torch.distributed.barrier()
-    return train_inputs, val_inputs
-
-
-# The share of val photos the unknown threshold may flag: it is set as high as that allows.
-UNKNOWN_VAL_SHARE = 0.01
-
-
-def unknown_threshold(confidences: np.ndarray, share: float = UNKNOWN_VAL_SHARE) -> float:
-    """The largest threshold under which at most floor(share × n) of these top probabilities fall: a photo
-    is called none of the classes when its top probability is under it (`inference.is_unknown`)."""
-    ranked = np.sort(np.asarray(confidences, dtype=np.float64))
-    return float(ranked[math.floor(round(share * len(ranked), 9))])
-
-
-def calibrate_unknown(
-    result: FitResult, network: nn.Module, val_inputs: Dataset, batch_size: int, device: torch.device
-) -> FitResult:
-    """Set the result's unknown threshold from the trained `network`'s top softmax probability on each val input
-    (images, or their frozen features when `network` is the head): val photos are all of the classes, so few of
-    them may fall under it."""
-    network.eval()
-    with torch.no_grad():
-        confidences = torch.cat(
-            [
-                network(inputs.to(device)).float().softmax(dim=1).amax(dim=1).cpu()
-                for inputs, _ in DataLoader(val_inputs, batch_size=batch_size)
-            ]
-        ).numpy()
-    result.unknown_threshold = unknown_threshold(confidences)
-    result.val_unknown_share = float(np.mean(confidences < result.unknown_threshold))
-    return result
-
-
-def train_classifier(
-    model: Classifier,
-    train_data: ImageDataset,
-    val_data: ImageDataset,
-    config: TrainParams,
-    device: torch.device,
-    checkpointing: Checkpointing | None = None,
-    on_epoch: Callable[[FitResult], None] | None = None,
-) -> FitResult:
-    """Train `model` in place as `config.mode` says and leave it holding its best epoch's weights.
-
-    In transfer learning the backbone is frozen: each image's features come from the feature cache or are
-    computed once, and only the head trains on them, so an epoch costs milliseconds instead of a forward
-    pass over every image; there `train.weight_decay: auto` picks the head's L2 strength by the val loss. In the
-    other modes every candidate would be a whole training run, so `auto` means 0 (no L2). Then the unknown
-    threshold is chosen on the val split (`calibrate_unknown`).
-    """
-    if config.mode != "transfer_learning":
-        if config.weight_decay == WEIGHT_DECAY_AUTO:
-            config = replace(config, weight_decay=0.0)
-        result = fit(model, train_data, val_data, config, device, checkpointing, on_epoch)
-        return calibrate_unknown(result, model, val_data, config.batch_size, device)
-    train_inputs, val_inputs = frozen_features(model, train_data, val_data, config, device)
-    # A head's matrices are too small to share out: on a busy 2-core CPU a second thread made each epoch 26 × slower.
-    with torch_threads(1):
-        if config.weight_decay == WEIGHT_DECAY_AUTO:
-            result = fit_choosing_weight_decay(model.head, train_inputs, val_inputs, config, device, on_epoch)
-        else:
-            result = fit(model.head, train_inputs, val_inputs, config, device, checkpointing, on_epoch)
-        return calibrate_unknown(result, model.head, val_inputs, config.batch_size, device)
-
-
 @contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """PyTorch's CPU threads set to `count` inside, and restored after."""
+def torch_threads(count: int | None) -> Iterator[None]:
+    """PyTorch's CPU threads set to `count` inside (None: left as they are), and restored after."""
     before = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(count or before)
     try:
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def run_fingerprint(params: Params, train_data: ImageDataset, val_data: ImageDataset) -> str:
-    """A hash of everything a checkpoint depends on: the train params, classes, input size, and each image's
-    label and bytes in the order trained on.
-
-    The bytes, not the manifests: an augmented manifest names each image by its source photo's hash, so a
-    changed `augment.seed` or `augment.transforms` keeps the manifest and changes the pictures.
-    """
-    digest = hashlib.sha256()
-    settings = {"train": asdict(params.train), "classes": params.data.classes, "image_size": params.data.image_size}
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    for dataset in (train_data, val_data):
-        digest.update(str(len(dataset)).encode())
-        for file_digest, label in zip(dataset.digests, dataset.labels, strict=True):
-            digest.update(f"{label}:{file_digest}".encode())
-    return digest.hexdigest()
-
-
-def train_from_params(
-    params: Params,
-    train_dir: Path,
-    val_dir: Path,
-    checkpoint_path: Path | None = None,
-    on_epoch: Callable[[FitResult], None] | None = None,
-) -> tuple[SavedModel, FitResult]:
-    """Build the architecture `train.model` for `train.mode` and train it on the two manifest folders.
-
-    With `checkpoint_path`, a run killed part way resumes from its last checkpoint; the checkpoint
-    is removed once training has finished.
-    """
-    data, train = params.data, params.train
-    architecture = train.model
-    seed_everything(train.seed)  # before the head is created, so its initial weights are the same every run
-    preprocessing = preprocessing_for(architecture, data.image_size)
-    model = create_model(
-        architecture,
-        len(data.classes),
-        data.image_size,
-        pretrained=train.mode != "fromzero",
-        weights=Path(train.weights) if train.weights else None,
-        dropout=train.dropout,
-    )
-    train_data = ImageDataset.from_manifest(train_dir, data.classes, preprocessing)
-    val_data = ImageDataset.from_manifest(val_dir, data.classes, preprocessing)
-    checkpointing = None
-    if checkpoint_path is not None:
-        fingerprint = run_fingerprint(params, train_data, val_data)
-        checkpointing = Checkpointing(Path(checkpoint_path), train.checkpoint_every, fingerprint)
-    result = train_classifier(
-        model,
-        train_data,
-        val_data,
-        train,
-        select_device(train.device),
-        checkpointing,
-        on_epoch,
-    )
-    if checkpointing is not None and rank() == 0:
-        checkpointing.remove()
-    saved = SavedModel(model.cpu().eval(), architecture, data.classes, preprocessing, result.unknown_threshold)
-    if train.mode == "transfer_learning" and train.backbone_runtime == "onnxruntime":
-        graph = backbone_extractor(model, train_data, train, CPU).onnx_graph()  # cached by now
-        saved = replace(saved, backbone_onnx=graph, backbone_precision=train.backbone_precision)
-    return saved, result

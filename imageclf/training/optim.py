@@ -1,8 +1,8 @@
 """The optimizers and learning-rate schedules: one name → factory table each, whose keys are the values
-`train.optimizer` and `train.schedule.name` accept (params.py checks against these keys).
+`train.optimizer` and `train.schedule.name` accept.
 
-A factory is handed `torch.optim` (or its `lr_scheduler`) when it builds: the params check reads the tables in
-every stage, and split and augment never train, so importing torch with them would only cost them 2 s.
+A factory is handed `torch.optim` (or its `lr_scheduler`) when it builds: the `train` params check reads the tables,
+and the tables should not cost an import of torch where they are only read.
 """
 
 from __future__ import annotations
@@ -10,17 +10,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # params.py imports this module for the table keys
+if TYPE_CHECKING:
     import torch
     from torch.optim import lr_scheduler
 
-    from imageclf.core.params import TrainParams
-
     Schedule = lr_scheduler.LRScheduler | lr_scheduler.ReduceLROnPlateau
 
-OPTIMIZERS: dict[str, Callable[[ModuleType, list[dict], TrainParams], torch.optim.Optimizer]] = {
+# `train.weight_decay: auto`: chosen on the val split where a candidate costs a second (a head on cached features,
+# `loop.fit_choosing_weight_decay`); 0 everywhere else.
+WEIGHT_DECAY_AUTO = "auto"
+
+# `config` is the `train` params section (training/params.py, which reads these tables).
+OPTIMIZERS: dict[str, Callable[[ModuleType, list[dict], Any], torch.optim.Optimizer]] = {
     "adam": lambda optim, groups, config: optim.Adam(groups, weight_decay=config.weight_decay),
     "adamw": lambda optim, groups, config: optim.AdamW(groups, weight_decay=config.weight_decay),
     "sgd": lambda optim, groups, config: optim.SGD(
@@ -31,7 +34,7 @@ OPTIMIZERS: dict[str, Callable[[ModuleType, list[dict], TrainParams], torch.opti
     ),
 }
 
-SCHEDULES: dict[str, Callable[[ModuleType, torch.optim.Optimizer, TrainParams], Schedule]] = {
+SCHEDULES: dict[str, Callable[[ModuleType, torch.optim.Optimizer, Any], Schedule]] = {
     "none": lambda schedulers, optimizer, config: schedulers.LambdaLR(optimizer, lambda epoch: 1.0),
     "cosine": lambda schedulers, optimizer, config: schedulers.CosineAnnealingLR(optimizer, T_max=config.epochs),
     "step": lambda schedulers, optimizer, config: schedulers.StepLR(
@@ -46,9 +49,9 @@ SCHEDULES: dict[str, Callable[[ModuleType, torch.optim.Optimizer, TrainParams], 
 }
 
 
-def build_optimizer(groups: list[dict], config: TrainParams) -> torch.optim.Optimizer:
-    """`train.weight_decay: auto` counts as 0 here: `training.fit_choosing_weight_decay` hands each candidate head
-    its number, and everywhere else (fine-tuning, from zero, lr-find, the benchmarks) auto means no L2."""
+def build_optimizer(groups: list[dict], config: Any) -> torch.optim.Optimizer:
+    """`train.weight_decay: auto` counts as 0 here: `loop.fit_choosing_weight_decay` hands each candidate head its
+    number, and everywhere else (fine-tuning, from zero, lr-find, the benchmarks) auto means no L2."""
     from torch import optim
 
     if isinstance(config.weight_decay, str):
@@ -56,7 +59,7 @@ def build_optimizer(groups: list[dict], config: TrainParams) -> torch.optim.Opti
     return OPTIMIZERS[config.optimizer](optim, groups, config)
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, config: TrainParams) -> Schedule:
+def build_schedule(optimizer: torch.optim.Optimizer, config: Any) -> Schedule:
     from torch.optim import lr_scheduler
 
     return SCHEDULES[config.schedule.name](lr_scheduler, optimizer, config)

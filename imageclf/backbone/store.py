@@ -1,0 +1,36 @@
+"""The feature store: one file per store name in this machine's cache, holding feature vectors by image digest.
+
+A store's name (`FrozenBackbone.store_key`) records everything the features depend on except the image, and an
+entry's address inside it is the image file's content hash, so a stale feature cannot be found.
+"""
+
+import io
+from pathlib import Path
+
+import torch
+
+from imageclf.core.cache import cache_dir
+from imageclf.core.files import write_atomic
+
+
+def store_path(key: str) -> Path:
+    return cache_dir() / f"{key}.pt"
+
+
+def read_store(path: Path) -> dict[str, torch.Tensor]:
+    """A store's features by image digest; empty when there is none yet or it is damaged (rebuilt, never trusted)."""
+    if not path.is_file():
+        return {}
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        return dict(zip(saved["digests"], saved["features"], strict=True))
+    except Exception:
+        return {}
+
+
+def write_store(path: Path, store: dict[str, torch.Tensor]) -> None:
+    """One matrix and the digests of its rows: loading 3,000 vectors as one tensor takes a tenth of a second,
+    as 3,000 tensors more than a second."""
+    buffer = io.BytesIO()
+    torch.save({"digests": list(store), "features": torch.stack(list(store.values()))}, buffer)
+    write_atomic(path, buffer.getvalue())

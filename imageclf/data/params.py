@@ -1,0 +1,64 @@
+"""The params sections of the data stages: `data` (every stage), `split` and `augment`."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from imageclf.core.config import require
+
+
+@dataclass(frozen=True)
+class DataParams:
+    SECTION: ClassVar[str] = "data"
+    raw_dir: str
+    classes: list[str]
+    image_size: int
+
+    def check(self, path: Path) -> None:
+        require(
+            len(self.classes) >= 2 and len(set(self.classes)) == len(self.classes),
+            path,
+            "data.classes",
+            self.classes,
+            "it needs at least two distinct class names",
+        )
+        require(self.image_size >= 32, path, "data.image_size", self.image_size, "it must be at least 32 (pixels)")
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    SECTION: ClassVar[str] = "split"
+    val: float
+    test: float
+    seed: int
+
+    def check(self, path: Path) -> None:
+        require(0 < self.val < 1, path, "split.val", self.val, "it must be between 0 and 1")
+        require(0 < self.test < 1, path, "split.test", self.test, "it must be between 0 and 1")
+        require(
+            self.val + self.test < 1,
+            path,
+            "split.test",
+            self.test,
+            f"split.val + split.test must stay below 1 to leave training data (split.val is {self.val})",
+        )
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    SECTION: ClassVar[str] = "augment"
+    copies: int
+    seed: int
+    transforms: list[dict]
+
+    def check(self, path: Path) -> None:
+        require(self.copies >= 0, path, "augment.copies", self.copies, "it must be 0 or more")
+        for index, transform in enumerate(self.transforms):
+            require(
+                len(transform) == 1 and isinstance(next(iter(transform.values())) or {}, dict),
+                path,
+                f"augment.transforms[{index}]",
+                transform,
+                "each entry must be one albumentations transform name with its arguments, e.g. "
+                "'HorizontalFlip: {p: 0.5}'",
+            )

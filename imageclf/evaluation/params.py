@@ -1,0 +1,22 @@
+"""The `evaluate` params section."""
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from imageclf.core.config import one_of, require
+from imageclf.data.views import TTA
+
+
+@dataclass(frozen=True)
+class EvaluateParams:
+    SECTION: ClassVar[str] = "evaluate"
+    batch_size: int
+    tta: str
+    gallery_size: int
+    test_images: str
+
+    def check(self, path: Path) -> None:
+        require(self.batch_size >= 1, path, "evaluate.batch_size", self.batch_size, "it must be 1 or more")
+        one_of(self.tta, tuple(TTA), path, "evaluate.tta")
+        require(self.gallery_size >= 0, path, "evaluate.gallery_size", self.gallery_size, "it must be 0 or more")

@@ -24,15 +24,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from imageclf.core.device import Precision, select_device
+from imageclf.core.config import load
+from imageclf.core.device import DEVICES, MixedPrecision, select_device
 from imageclf.core.errors import UserError
-from imageclf.core.params import DEVICES, TrainParams, load_params
 from imageclf.core.program import exits_cleanly
 from imageclf.data.datasets import ImageDataset
+from imageclf.data.params import DataParams
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import Classifier, create_model
-from imageclf.training.loop import parameter_groups, run_epoch, seed_everything
+from imageclf.training.loop import parameter_groups, run_epoch
 from imageclf.training.optim import build_optimizer
+from imageclf.training.params import TrainParams
+from imageclf.training.setup import seed_everything
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +50,7 @@ def in_memory(folder: Path, classes: list[str], model: str, image_size: int) -> 
 def fine_tune(model: Classifier, data: TensorDataset, config: TrainParams, device: torch.device, epochs: int) -> dict:
     """Images/s and loss per epoch of fine-tuning `model` with `config.amp` on or off."""
     model = model.to(device, memory_format=torch.channels_last).train()  # as the train stage's `fit` places it
-    precision = Precision(device, config.amp)
+    precision = MixedPrecision(device, config.amp)
     optimizer = build_optimizer(parameter_groups(model, config), config)
     scaler = precision.grad_scaler()
     batches = DataLoader(data, batch_size=config.batch_size, shuffle=True)
@@ -83,17 +86,16 @@ def main() -> None:
     args = parser.parse_args()
     if not args.folder.is_dir():
         raise UserError(f"--folder '{args.folder}' is not a folder: give one with a subfolder per class")
-    params = load_params(PROJECT / "params.yaml")
-    config = dataclasses.replace(
-        params.train, model=args.model or params.train.model, mode="fine_tuning", batch_size=args.batch_size
-    )
-    image_size = args.image_size or params.data.image_size
+    data_params, train = load(DataParams, PROJECT / "params.yaml"), load(TrainParams, PROJECT / "params.yaml")
+    config = dataclasses.replace(train, model=args.model or train.model, mode="fine_tuning", batch_size=args.batch_size)
+    image_size = args.image_size or data_params.image_size
+    classes = data_params.classes
     device = select_device(args.device)
-    data = in_memory(args.folder, params.data.classes, config.model, image_size)
+    data = in_memory(args.folder, classes, config.model, image_size)
     results = []
     for amp in (False, True):
         seed_everything(config.seed)  # the same head for both settings
-        model = create_model(config.model, len(params.data.classes), image_size, pretrained=True, weights=args.weights)
+        model = create_model(config.model, len(classes), image_size, pretrained=True, weights=args.weights)
         results.append(fine_tune(model, data, dataclasses.replace(config, amp=amp), device, args.epochs))
     on_cuda = device.type == "cuda"
     report = {

@@ -27,7 +27,9 @@ from pathlib import Path
 import yaml
 
 from imageclf.data.images import is_image_name
-from imageclf.inference.predictor import labelled_scores, load_predictor, predict_folder
+from imageclf.evaluation.metrics import labelled_scores
+from imageclf.inference.photos import predict_folder
+from imageclf.inference.predictor import load_predictor
 
 PROJECT = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from imageclf.data.manifest import read_manifest
 from imageclf.data.views import TTA
-from imageclf.inference.predictor import files_to_predict, label_from_path, load_predictor, predict_files
+from imageclf.inference.photos import files_to_predict, label_from_path, predict_files
+from imageclf.inference.predictor import load_predictor
 
 
 def labelled_files(args: argparse.Namespace, classes: list[str]) -> dict[str, tuple[list[Path], list[str]]]:

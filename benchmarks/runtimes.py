@@ -29,15 +29,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imageclf.backbone.features import CACHE_ENVIRONMENT_VARIABLE, cached_features, feature_extractor
+from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.backbone.runtimes import BACKBONE_RUNTIMES, compile_backbone
+from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
+from imageclf.core.config import load
 from imageclf.core.errors import UserError
-from imageclf.core.params import load_params
 from imageclf.core.program import exits_cleanly
 from imageclf.data.datasets import ImageDataset
+from imageclf.data.params import DataParams
 from imageclf.models.architectures import MODELS, preprocessing_for
 from imageclf.models.classifier import create_model
-from imageclf.training.loop import seed_everything, train_classifier
+from imageclf.training.modes import MODES
+from imageclf.training.params import TrainParams
+from imageclf.training.setup import Run, seed_everything
+from imageclf.training.train import train_run
 
 SPLITS = ("train", "val", "test")
 SETTINGS = [(runtime, precision) for runtime, spec in BACKBONE_RUNTIMES.items() for precision in spec.precisions]
@@ -82,23 +87,23 @@ def speed(backbone: torch.nn.Module, runtime: str, precision: str, images: np.nd
 
 def accuracy(name: str, size: int, split: Path, runtime: str, precision: str) -> dict:
     """Test accuracy of a head trained by the train stage's code on `runtime`'s features."""
-    params = load_params()
-    classes = params.data.classes
+    data = dataclasses.replace(load(DataParams), image_size=size)
+    classes = data.classes
     preprocessing = preprocessing_for(name, size)
     train, val, test = (ImageDataset.from_manifest(split / part, classes, preprocessing) for part in SPLITS)
-    config = dataclasses.replace(params.train, model=name, backbone_runtime=runtime, backbone_precision=precision)
+    config = dataclasses.replace(load(TrainParams), model=name, backbone_runtime=runtime, backbone_precision=precision)
     seed_everything(config.seed)
     model = create_model(name, len(classes), size, pretrained=True)
     start = time.perf_counter()
-    result = train_classifier(model, train, val, config, torch.device("cpu"))
+    result, _ = train_run(Run(data, config, MODES[config.mode], model, train, val, torch.device("cpu")))
     train_s = time.perf_counter() - start
     labels = torch.tensor(test.labels)
     scores = {}
     for scored_by, scored_precision in ((runtime, precision), ("torch", "fp32")):
-        extractor = feature_extractor(
+        frozen = FrozenBackbone.for_training(
             name, model.backbone, scored_by, scored_precision, torch.device("cpu"), train, config.seed
         )
-        features = cached_features(extractor, test, "test").dataset.tensors[0]
+        features = frozen.features(test, "test").dataset.tensors[0]
         with torch.inference_mode():
             predicted = model.head.eval()(features).argmax(dim=1)
         scores[f"test_mistakes_on_{scored_by}_{scored_precision}"] = int((predicted != labels).sum())

@@ -25,19 +25,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from imageclf.backbone.features import EXTRACTION_BATCH_SIZE, cached_features, extract_features, feature_extractor
+from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.manifest import read_manifest
-from imageclf.inference.predictor import (
-    ViewTransform,
-    files_to_predict,
-    is_unknown,
-    load_predictor,
-    load_views,
-    predict_files,
-)
-from imageclf.models.classifier import load_model
-from imageclf.training.loop import unknown_threshold
+from imageclf.inference.photos import ViewTransform, files_to_predict, load_views, predict_files
+from imageclf.inference.predictor import is_unknown, load_predictor
+from imageclf.models.model_file import load_model
+from imageclf.training.train import unknown_threshold
 
 Source = Path | bytes
 SKIMAGE_OTHERS = (
@@ -135,18 +129,18 @@ def class_mean_scores(
     it) to the nearest class mean of the train folder's features; its threshold flags at most 1 % of val."""
     saved = load_model(model)
     train = ImageDataset.from_manifest(train_dir, saved.classes, saved.preprocessing)
-    extractor = feature_extractor(
-        saved.name, saved.model.backbone, "onnxruntime", "fp32", torch.device("cpu"), train, 0
+    frozen = FrozenBackbone.for_training(
+        saved.architecture, saved.classifier.backbone, "onnxruntime", "fp32", torch.device("cpu"), train, 0
     )
     transform = ViewTransform(saved.preprocessing, "none")
 
     def features(sources: list[Source]) -> torch.Tensor:
         images = torch.from_numpy(np.stack([load_views(source, transform)[0][0] for source in sources]))
         dataset = torch.utils.data.TensorDataset(images, torch.zeros(len(sources)))
-        vectors = extract_features(extractor, dataset, EXTRACTION_BATCH_SIZE, "features")
+        vectors = frozen.extract(dataset, "features")
         return torch.nn.functional.normalize(vectors, dim=1)
 
-    train_features, labels = cached_features(extractor, train, "train").dataset.tensors
+    train_features, labels = frozen.features(train, "train").dataset.tensors
     train_features = torch.nn.functional.normalize(train_features, dim=1)
     means = torch.stack([train_features[labels == index].mean(dim=0) for index in range(len(saved.classes))])
     means = torch.nn.functional.normalize(means, dim=1)

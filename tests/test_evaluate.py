@@ -19,7 +19,9 @@ from imageclf.data.manifest import read_manifest
 from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
 from imageclf.evaluation.evaluate import class_probabilities, evaluate, score_test_images
+from imageclf.evaluation.metrics import confusion_matrices
 from imageclf.evaluation.params import EvaluateParams
+from imageclf.evaluation.reports import confusion_figure
 from imageclf.inference.photos import predict_files
 from imageclf.inference.predictor import load_predictor
 from tests.helpers import CLASSES, PROJECT, SampleModel, dvc_repro, make_image_folder, set_params
@@ -195,6 +197,20 @@ def test_the_confusion_plot_has_true_classes_in_rows_and_predicted_in_columns(tm
     for panel in (pixels[:, : width // 2], pixels[:, width // 2 :]):
         height, breadth = shaded_cells_box(panel)
         assert height > 2.5 * breadth, f"a shaded box {breadth} wide and {height} high: the matrix is transposed"
+
+
+def test_each_confusion_count_is_written_in_its_own_cell() -> None:
+    """Both panels write row true, column predicted: 3 dogs called cat sit in row dog, column cat."""
+    true = ["cat"] * 5 + ["dog"] * 4 + ["horse"] * 2
+    predicted = ["cat"] * 5 + ["cat"] * 3 + ["dog"] + ["horse", "dog"]
+    counts, normalised = confusion_matrices(true, predicted, CLASSES)
+    assert counts[1, 0] == 3 and counts[0, 1] == 0
+    figure = confusion_figure(counts, normalised, CLASSES)
+    for axes, matrix, written in zip(figure.axes, (counts, normalised), (str, "{:.2f}".format), strict=True):
+        cells = {(round(text.get_position()[1]), round(text.get_position()[0])): text.get_text() for text in axes.texts}
+        assert cells == {(row, column): written(matrix[row, column]) for row in range(3) for column in range(3)}
+        assert [label.get_text() for label in axes.get_yticklabels()] == CLASSES  # rows: true classes
+        assert axes.get_ylabel() == "true" and axes.get_xlabel() == "predicted"
 
 
 def test_a_test_images_folder_without_labels_is_refused_with_one_line(tmp_path: Path) -> None:

@@ -7,17 +7,19 @@ import pytest
 import torch
 from PIL import Image
 
-from imageclf.backbone.calibration import calibration_indices
+from imageclf.backbone.calibration import CALIBRATION_IMAGES, calibration_indices
 from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.backbone.runtimes import BACKBONE_RUNTIMES
 from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
 from imageclf.core.device import CPU
 from imageclf.core.errors import UserError
 from imageclf.data.datasets import ImageDataset
+from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import create_model
-from tests.helpers import CLASSES, make_image_folder
+from imageclf.training.setup import feed, set_up
+from tests.helpers import CLASSES, make_image_folder, train_config
 
 
 def torch_backbone(backbone: torch.nn.Module, size: int = 32) -> FrozenBackbone:
@@ -155,3 +157,24 @@ def test_a_graph_the_runtime_cannot_run_is_one_line_saying_how_to_do_without(
     assert message.endswith(
         "set train.backbone_precision: fp32, a larger data.image_size, or train.backbone_runtime: torch"
     )
+
+
+@pytest.mark.slow
+def test_the_train_stage_calibrates_int8_on_images_picked_by_train_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The frozen backbone the train stage's set-up feeds a head from calibrates on the training images that
+    `train.seed` picks: another seed, other images (of 72, 64 calibrate), so another int8 graph."""
+    monkeypatch.setenv(CACHE_ENVIRONMENT_VARIABLE, str(tmp_path / "cache"))
+    raw = make_image_folder(tmp_path / "raw", per_class=30)
+    make_split(raw, CLASSES, 32, 0.1, 0.1, 0, tmp_path / "split")
+    data = DataParams(str(raw), CLASSES, 32)
+    chosen = {}
+    for seed in (0, 1):
+        train = train_config(seed=seed, backbone_runtime="onnxruntime", backbone_precision="int8")
+        run = set_up(data, train, tmp_path / "split/train", tmp_path / "split/val")
+        frozen = feed(run).frozen
+        assert frozen.calibration.indices == calibration_indices(run.train_data.digests, seed)
+        chosen[seed] = {run.train_data.digests[index] for index in frozen.calibration.indices}
+    assert len(chosen[0]) == len(chosen[1]) == CALIBRATION_IMAGES < len(run.train_data)
+    assert chosen[0] != chosen[1]

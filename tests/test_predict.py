@@ -298,3 +298,25 @@ def test_numpy_preprocessing_gives_torchvisions_tensor_values(architecture: str)
         array = preprocessing(photo)
         assert array.flags["C_CONTIGUOUS"] and array.dtype == np.float32 and array.shape == expected.shape, path
         np.testing.assert_allclose(array, expected, rtol=0, atol=2e-6, err_msg=str(path))
+
+
+def test_flip_averages_the_photo_and_its_mirror_image(tmp_path: Path) -> None:
+    """`--tta flip` (and `evaluate.tta: flip`) is the mean of the model's probabilities for the photo and for its
+    mirror image, not either one alone."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
+    save_model(
+        tmp_path / "model.pt",
+        SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32)),
+    )
+    predictor = torch_predictor(tmp_path / "model.pt")
+    photo = tmp_path / "photo.png"
+    pixels = np.zeros((40, 60, 3), dtype=np.uint8)
+    pixels[:, :20] = (250, 30, 30)  # red on the left only: the mirror image differs
+    Image.fromarray(pixels).save(photo)
+    (flipped,) = predict_files(predictor, [photo], "flip", batch_size=1)
+    image = open_rgb(photo, min_side=32)
+    views = [predictor.preprocessing(view) for view in (image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
+    alone, mirrored = predictor.probabilities(np.stack(views))
+    assert np.abs(alone - mirrored).max() > 1e-3, "the test needs a photo whose mirror image scores differently"
+    np.testing.assert_allclose(flipped.probabilities, (alone + mirrored) / 2, rtol=0, atol=1e-6)

@@ -13,6 +13,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.core.config import load
 from imageclf.core.device import MixedPrecision, select_device
 from imageclf.core.errors import UserError
@@ -339,3 +340,45 @@ def test_a_real_training_run_flags_at_most_one_percent_of_val_and_saves_its_thre
     # at most floor(1 % of 9) = 0 under it, to within the float32 difference between the two code paths
     assert (confidences < threshold - 1e-4).sum() == 0
     assert confidences.min() == pytest.approx(threshold, abs=1e-4), "the highest such threshold"
+
+
+def test_the_train_stage_trains_with_the_loss_its_params_ask_for(tmp_path: Path) -> None:
+    """`train.label_smoothing` and `train.class_weights` reach the loss the train stage trains with: its first epoch,
+    one batch at a negligible learning rate, reports the weighted, smoothed cross-entropy of the initial head on the
+    training features; the val loss stays the plain cross-entropy, comparable across runs."""
+    train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
+    keep = [index for index, label in enumerate(train_data.labels) if label != 2 or index % 4 == 0]  # few horses
+    train_data = ImageDataset(
+        [train_data.paths[index] for index in keep],
+        [train_data.labels[index] for index in keep],
+        [train_data.sources[index] for index in keep],
+        train_data.preprocess,
+    )
+    backbone = create_model("efficientnet_lite0", 3, 32, pretrained=True).backbone
+    frozen = FrozenBackbone.for_training("efficientnet_lite0", backbone, "torch", "fp32", CPU, train_data, 0)
+    train_features, train_labels = frozen.features(train_data, "train").dataset.tensors
+    val_features, val_labels = frozen.features(val_data, "val").dataset.tensors
+    balanced = torch.tensor(compute_class_weight("balanced", classes=np.arange(3), y=train_labels.numpy())).float()
+    for label_smoothing, class_weights in ((0.3, "none"), (0.0, "balanced"), (0.3, "balanced")):
+        model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
+        initial_head = copy.deepcopy(model.head).eval()
+        config = train_config(
+            epochs=1,
+            lr=1e-12,
+            batch_size=len(train_data),
+            label_smoothing=label_smoothing,
+            class_weights=class_weights,
+            backbone_runtime="torch",
+            backbone_precision="fp32",
+        )
+        result = train_classifier(model, train_data, val_data, config)
+        with torch.no_grad():
+            expected_train = nn.functional.cross_entropy(
+                initial_head(train_features),
+                train_labels,
+                weight=balanced if class_weights == "balanced" else None,
+                label_smoothing=label_smoothing,
+            )
+            expected_val = nn.functional.cross_entropy(initial_head(val_features), val_labels)
+        assert result.history[0].train_loss == pytest.approx(expected_train.item(), rel=1e-5), class_weights
+        assert result.history[0].val_loss == pytest.approx(expected_val.item(), rel=1e-5)

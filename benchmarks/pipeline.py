@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from imageclf.core import paths
 from imageclf.data.images import is_image_name
 from imageclf.evaluation.metrics import labelled_scores
 from imageclf.inference.photos import predict_folder
@@ -138,9 +139,10 @@ def main() -> None:
         params = set_params(work / "params.yaml", [f"data.raw_dir={args.raw_dir.resolve()}", *args.overrides])
         environment = {**os.environ, "IMAGECLF_FEATURE_CACHE": str(work / "feature-cache")}
         seconds = repro_seconds(work, environment)
-        evaluation = json.loads((work / "metrics/evaluate.json").read_text())
-        training = json.loads((work / "metrics/train.json").read_text())
-        split = json.loads((work / "metrics/split.json").read_text())
+        details = work / paths.METRICS_DIR / paths.DETAILS_DIR
+        evaluation = json.loads((details / paths.EVALUATE_METRICS).read_text())
+        training = json.loads((details / paths.TRAIN_METRICS).read_text())
+        split = json.loads((details / paths.SPLIT_METRICS).read_text())
         report = {
             "raw_dir": str(args.raw_dir),
             "overrides": args.overrides,
@@ -155,7 +157,7 @@ def main() -> None:
         report["test_misses"] = evaluation["misses"]
         if args.holdout:
             report["holdout_folder"] = str(args.holdout)
-            report |= holdout_scores(work / "models/model.pt", args.holdout, params["evaluate"]["tta"])
+            report |= holdout_scores(work / paths.MODEL_FILE, args.holdout, params["evaluate"]["tta"])
         if args.predict_folder and args.predict_folder.is_dir():
             photos = sorted(path for path in args.predict_folder.rglob("*") if path.is_file() and is_image_name(path))
             folder_seconds = predict_seconds(work, environment, args.predict_folder)

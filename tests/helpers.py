@@ -118,11 +118,11 @@ def dvc_repro(project: Path, *targets: str) -> tuple[set[str], str]:
 
 @dataclass(frozen=True)
 class SampleModel:
-    """A model the train stage's code trained on the embedded sample: its file, its split folder, its train.json."""
+    """A model the train stage's code trained on the embedded sample: its file, its split folder, its train details."""
 
     path: Path
     split: Path
-    summary: dict
+    details: dict
 
 
 def train_on_sample(root: Path) -> SampleModel:
@@ -133,7 +133,7 @@ def train_on_sample(root: Path) -> SampleModel:
     train = train_config(epochs=60, lr=0.01)
     saved, result = train_from_params(data, train, root / "split/train", root / "split/val")
     save_model(root / "models/model.pt", saved)
-    return SampleModel(root / "models/model.pt", root / "split", result.summary())
+    return SampleModel(root / "models/model.pt", root / "split", result.details())
 
 
 def none_of_the_classes() -> dict[str, bytes]:

@@ -17,7 +17,8 @@ TOLERANCE = 1e-4  # summation order differs between one process and two, so resu
 
 def train(project: Path, output: str, *launcher: str) -> subprocess.CompletedProcess:
     folder = project / output
-    outputs = [folder / name for name in ("model.pt", "train.json", "history.csv", "checkpoint.pt")]
+    names = ("model.pt", "train.json", "details.json", "history.csv", "checkpoint.pt", "time.json")
+    outputs = [folder / name for name in names]
     command = [*launcher, "-m", "stages.train", "data/augmented", "data/split/val", *map(str, outputs)]
     result = subprocess.run(command, cwd=project, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -46,8 +47,8 @@ def test_two_processes_under_torchrun_match_one_process(tmp_path: Path) -> None:
         project, "ddp", sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"
     )
 
-    single = json.loads((project / "single/train.json").read_text())
-    both = json.loads((project / "ddp/train.json").read_text())
+    single = json.loads((project / "single/details.json").read_text())
+    both = json.loads((project / "ddp/details.json").read_text())
     assert both["epochs"] == single["epochs"] == 2 and both["best_epoch"] == single["best_epoch"]
     for epoch in ("best", "last"):
         for key, value in single[epoch].items():

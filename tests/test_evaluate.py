@@ -45,7 +45,7 @@ UNKNOWN_KEYS = {"unknown_threshold", "unknown", "unknown_share", "accepted_accur
 
 
 def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reproduced_project: Path) -> None:
-    metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
+    metrics = json.loads((reproduced_project / "metrics/details/evaluate.json").read_text())
     assert set(metrics) == SCORES_KEYS | UNKNOWN_KEYS
     assert metrics["images"] == 3 and set(metrics["per_class"]) == set(CLASSES)
     for row in metrics["per_class"].values():
@@ -56,7 +56,7 @@ def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reprod
     assert sorted(miss["path"] for miss in metrics["misses"]) == sorted(
         path for path, actual, guess, _, _ in rows if actual != guess
     )
-    train = json.loads((reproduced_project / "metrics/train.json").read_text())
+    train = json.loads((reproduced_project / "metrics/details/train.json").read_text())
     assert metrics["unknown_threshold"] == train["unknown_threshold"]
     flagged = [unknown == "True" for *_, unknown in rows]
     assert metrics["unknown"] == sum(flagged) and metrics["unknown_share"] == sum(flagged) / 3
@@ -69,6 +69,7 @@ def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reprod
     accepted = [actual == guess for (_, actual, guess, _, _), out in zip(rows, flagged, strict=True) if not out]
     assert metrics["accepted_accuracy"] == (sum(accepted) / len(accepted) if accepted else None)
     assert json.loads((reproduced_project / "metrics/test_images.json").read_text()) == {}
+    assert json.loads((reproduced_project / "metrics/details/test_images.json").read_text()) == {}
 
 
 def test_dvc_plots_show_finds_every_declared_plot_with_its_fields(reproduced_project: Path) -> None:
@@ -138,7 +139,7 @@ def test_report_links_the_pictures_and_lists_metrics_and_params(reproduced_proje
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
     assert sorted(links) == sorted(f"plots/{picture}.png" for picture in PICTURES)
     assert all((reproduced_project / "metrics" / link).is_file() for link in links)
-    metrics = json.loads((reproduced_project / "metrics/evaluate.json").read_text())
+    metrics = json.loads((reproduced_project / "metrics/details/evaluate.json").read_text())
     assert f"Accuracy: **{100 * metrics['accuracy']:.2f} %** on 3 images." in report
     assert (
         f"Unknown (top probability under {metrics['unknown_threshold']:.3f}, the threshold chosen on val): "
@@ -157,13 +158,18 @@ def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project
     ran, output = dvc_repro(project)
     assert ran == {"evaluate"}, output
     assert f"warning: cannot read '{photos / 'horse/broken.png'}'" in output
-    scored = json.loads((project / "metrics/test_images.json").read_text())
+    scored = json.loads((project / "metrics/details/test_images.json").read_text())
+    assert json.loads((project / "metrics/test_images.json").read_text()) == {
+        "accuracy": scored["accuracy"],
+        "macro_f1": scored["macro_avg"]["f1"],
+        "unknown_share": scored["unknown_share"],
+    }
     assert scored["images"] == 6 and scored["unlabelled"] == 0 and scored["unreadable"] == 1
     assert scored["correct"] == 6 - len(scored["misses"]) and scored["accuracy"] == scored["correct"] / 6
     assert {label: row["support"] for label, row in scored["per_class"].items()} == {label: 2 for label in CLASSES}
     for miss in scored["misses"]:
         assert Path(miss["path"]).parent.name == miss["true"] != miss["predicted"]
-    metrics = json.loads((project / "metrics/evaluate.json").read_text())
+    metrics = json.loads((project / "metrics/details/evaluate.json").read_text())
     assert set(scored) == set(metrics) == SCORES_KEYS | UNKNOWN_KEYS, "the test split and the folder share a schema"
     assert scored["unknown_threshold"] == metrics["unknown_threshold"]
     assert set(scored["per_class"]["cat"]) == set(metrics["per_class"]["cat"])

@@ -41,7 +41,7 @@ def test_a_queued_sweep_runs_two_at_a_time_and_exp_show_compares_it(reproduced_p
     for metrics in lrs.values():
         assert 0 <= metrics["metrics/evaluate.json"]["data"]["accuracy"] <= 1
         assert metrics["metrics/train.json"]["data"]["epochs"] == 2
-    train_losses = {lr: metrics["metrics/train.json"]["data"]["last"]["train_loss"] for lr, metrics in lrs.items()} | {
-        0.001: baseline["data"]["metrics"]["metrics/train.json"]["data"]["last"]["train_loss"]
+    val_losses = {lr: metrics["metrics/train.json"]["data"]["val_loss"] for lr, metrics in lrs.items()} | {
+        0.001: baseline["data"]["metrics"]["metrics/train.json"]["data"]["val_loss"]
     }
-    assert len(set(train_losses.values())) == 3, f"each learning rate trains differently: {train_losses}"
+    assert len(set(val_losses.values())) == 3, f"each learning rate trains differently: {val_losses}"

@@ -133,7 +133,7 @@ def test_int8_exports_keep_pytorchs_labels_and_the_same_seed_gives_the_same_file
 def test_exports_carry_the_unknown_threshold_and_predict_with_it(
     sample_model: SampleModel, model_file: Path, tmp_path: Path, format_name: str, suffix: str
 ) -> None:
-    threshold = sample_model.summary["unknown_threshold"]
+    threshold = sample_model.details["unknown_threshold"]
     exported = export(sample_model.path, tmp_path / f"model{suffix}", format_name)
     assert embedded_metadata(exported)["unknown_threshold"] == threshold
     assert load_predictor(exported).unknown_threshold == threshold

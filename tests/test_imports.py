@@ -19,7 +19,7 @@ def test_split_and_augment_run_without_importing_torch(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     script = (
         "import runpy, sys; "
-        "sys.argv = ['split', 'data/split', 'data/split/rejected.csv', 'metrics/split.json']; "
+        "sys.argv = ['split', 'data/split', 'data/split/rejected.csv', 'metrics/split.json', 'details.json']; "
         "runpy.run_module('stages.split', run_name='__main__'); "
         "sys.argv = ['augment', 'data/split/train', 'data/augmented']; "
         "runpy.run_module('stages.augment', run_name='__main__'); "

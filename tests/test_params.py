@@ -102,7 +102,7 @@ def test_a_bad_value_is_named(tmp_path: Path, section: str, key: str, value: obj
 def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> None:
     write_params(tmp_path, "train", "learning_rte", 0.1)
     result = subprocess.run(
-        [sys.executable, str(PROJECT / "stages/train.py"), "a", "b", "c", "d", "e", "f"],
+        [sys.executable, str(PROJECT / "stages/train.py"), "a", "b", "c", "d", "e", "f", "g", "h"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -140,7 +140,7 @@ def test_a_bad_data_split_or_augment_value_is_named(
 def test_split_checks_params_before_touching_any_file(tmp_path: Path) -> None:
     write_params(tmp_path, "data", "raw_dri", "photos")
     result = subprocess.run(
-        [sys.executable, str(PROJECT / "stages/split.py"), "split", "split/rejected.csv", "split.json"],
+        [sys.executable, str(PROJECT / "stages/split.py"), "split", "split/rejected.csv", "split.json", "details.json"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -18,12 +18,15 @@ ALL_STAGES = {"split", "augment", "train", "evaluate"}
 
 def test_repro_writes_every_output(reproduced_project: Path) -> None:
     project = reproduced_project
-    split = json.loads((project / "metrics/split.json").read_text())
+    assert json.loads((project / "metrics/split.json").read_text()) == {"images": {"train": 24, "val": 3, "test": 3}}
+    split = json.loads((project / "metrics/details/split.json").read_text())
     assert split["images"]["train"] == {"cat": 8, "dog": 8, "horse": 8, "total": 24}
     assert split["images"]["val"]["total"] == split["images"]["test"]["total"] == 3
 
-    train = json.loads((project / "metrics/train.json").read_text())
+    train = json.loads((project / "metrics/details/train.json").read_text())
     assert train["epochs"] == 2 and 1 <= train["best_epoch"] <= 2
+    headline = json.loads((project / "metrics/train.json").read_text())
+    assert headline == {"epochs": 2, "val_loss": train["best"]["val_loss"]}
     assert 0 < train["unknown_threshold"] <= 1 and train["val_unknown_share"] == 0.0, "at most 1 % of 3 val photos"
     for epoch in ("best", "last"):
         assert set(train[epoch]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
@@ -31,8 +34,13 @@ def test_repro_writes_every_output(reproduced_project: Path) -> None:
     assert history[0] == "epoch,train_loss,train_accuracy,val_loss,val_accuracy,lr" and len(history) == 3
     assert not (project / "checkpoints/train.pt").exists(), "a finished run leaves no checkpoint behind"
 
-    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    evaluation = json.loads((project / "metrics/details/evaluate.json").read_text())
     assert 0 <= evaluation["accuracy"] <= 1 and set(evaluation["per_class"]) == set(CLASSES)
+    assert json.loads((project / "metrics/evaluate.json").read_text()) == {
+        "accuracy": evaluation["accuracy"],
+        "macro_f1": evaluation["macro_avg"]["f1"],
+        "unknown_share": evaluation["unknown_share"],
+    }
     predictions = (project / "metrics/test_predictions.csv").read_text().splitlines()
     assert predictions[0] == "path,actual,predicted,confidence,unknown" and len(predictions) == 4
 
@@ -102,8 +110,10 @@ def test_retraining_gives_a_byte_identical_model_and_metrics(reproduced_project:
     outputs = [
         "models/model.pt",
         "metrics/train.json",
+        "metrics/details/train.json",
         "metrics/train_history.csv",
         "metrics/evaluate.json",
+        "metrics/details/evaluate.json",
         "metrics/test_predictions.csv",
     ]
     before = {name: (project / name).read_bytes() for name in outputs}
@@ -150,4 +160,5 @@ def test_an_experiment_with_a_changed_param_is_compared_with_the_commit(
             ["dvc", "metrics", "diff", "--all", "--json"], cwd=project, capture_output=True, text=True, check=True
         ).stdout
     )
-    assert "accuracy" in metrics["metrics/evaluate.json"] and "best_epoch" in metrics["metrics/train.json"]
+    assert "accuracy" in metrics["metrics/evaluate.json"] and "val_loss" in metrics["metrics/train.json"]
+    assert not any(path.startswith("metrics/details/") for path in metrics), "details are outputs, not metrics"

@@ -207,7 +207,7 @@ def test_an_image_of_none_of_the_classes_is_unknown_with_its_scores_kept(
     trained_on = [sample_model.split / "train" / record.path for record in read_manifest(sample_model.split / "train")]
     for label in CLASSES:  # photos it learned: confidently one of the classes
         shutil.copy(next(path for path in trained_on if path.parent.name == label), photos / f"{label}_photo.jpg")
-    threshold = sample_model.summary["unknown_threshold"]
+    threshold = sample_model.details["unknown_threshold"]
 
     result = run("predict", "photos", "--model", str(sample_model.path), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

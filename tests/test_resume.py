@@ -63,7 +63,7 @@ def killed_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def outcome(project: Path) -> tuple[str, str]:
     """The model file's hash and the training metrics."""
     model = hashlib.sha256((project / "models/model.pt").read_bytes()).hexdigest()
-    return model, (project / "metrics/train.json").read_text()
+    return model, (project / "metrics/details/train.json").read_text()
 
 
 def repro_train(project: Path, *options: str) -> str:

@@ -43,10 +43,11 @@ def save_horse_leaning(path: Path) -> Path:
 
 
 def project_with_model(root: Path) -> Path:
-    """models/model.pt and the repository's metrics/ (evaluate.json, plots) side by side, as after `dvc repro`."""
+    """models/model.pt and the repository's metrics/ (evaluate's scores, plots) side by side, as after `dvc repro`."""
     model = save_horse_leaning(root / "models/model.pt")
-    (root / "metrics/plots").mkdir(parents=True)
-    shutil.copy(METRICS / "evaluate.json", root / "metrics/evaluate.json")
+    for folder in ("plots", "details"):
+        (root / "metrics" / folder).mkdir(parents=True)
+    shutil.copy(METRICS / "details/evaluate.json", root / "metrics/details/evaluate.json")
     shutil.copy(METRICS / "plots/confusion_matrix.png", root / "metrics/plots/confusion_matrix.png")
     return model
 
@@ -157,7 +158,7 @@ def test_an_image_of_none_of_the_classes_is_unknown_as_imageclf_predict_says(
         (trained_on.parent.name, False),
     ]
     assert_same_predictions(response.json(), predicted_json([tmp_path / name for name in uploads], sample_model.path))
-    assert info["unknown_threshold"] == sample_model.summary["unknown_threshold"]
+    assert info["unknown_threshold"] == sample_model.details["unknown_threshold"]
     assert "none of these" in page and "result.unknown" in page
 
 
@@ -239,7 +240,7 @@ def test_the_page_and_the_model_metrics_beside_it(server: str) -> None:
     assert "http" not in page.replace(server, ""), "no asset from the internet"
     info = requests.get(f"{server}/info", timeout=30).json()
     assert info["classes"] == ["cat", "dog", "horse"] and info["image_size"] == 32
-    assert info["metrics"] == json.loads((METRICS / "evaluate.json").read_text())
+    assert info["metrics"] == json.loads((METRICS / "details/evaluate.json").read_text())
     assert info["plots"] == ["confusion_matrix"], "only the pictures that exist"
     picture = requests.get(f"{server}/plots/confusion_matrix.png", timeout=30)
     assert picture.content == (METRICS / "plots/confusion_matrix.png").read_bytes()

@@ -58,7 +58,7 @@ def test_a_sample_photo_chosen_on_the_page_shows_its_class_and_bars(server: str,
 def test_the_page_shows_the_test_metrics_and_the_confusion_matrix(server: str, browser: webdriver.Chrome) -> None:
     browser.get(server)
     WebDriverWait(browser, 30).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#metrics table"))
-    metrics = json.loads((METRICS / "evaluate.json").read_text())
+    metrics = json.loads((METRICS / "details/evaluate.json").read_text())
     accuracy = browser.find_element(By.CSS_SELECTOR, "#metrics p").text
     assert accuracy == f"accuracy {100 * metrics['accuracy']:.1f} % on {metrics['images']} test photos"
     rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#metrics tr")]

@@ -74,7 +74,7 @@ def test_transfer_learning_trains_the_head_only(tmp_path: Path) -> None:
     val_losses = [epoch.val_loss for epoch in result.history]
     assert result.best_epoch == val_losses.index(min(val_losses)) + 1
     assert all(torch.equal(model.head.state_dict()[name], tensor) for name, tensor in result.best_state.items())
-    summary = result.summary()
+    summary = result.details()
     assert summary["epochs"] == 4 and summary["best"]["val_loss"] == min(val_losses)
     assert summary["last"]["val_loss"] == val_losses[-1]
 
@@ -103,7 +103,7 @@ def test_fit_leaves_the_model_holding_its_best_epoch_not_its_last() -> None:
         recomputed = nn.functional.cross_entropy(model.eval()(vectors), labels).item()
     assert recomputed == pytest.approx(min(val_losses), abs=1e-5)
     assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in result.best_state.items())
-    assert result.summary()["best"]["val_loss"] == min(val_losses)
+    assert result.details()["best"]["val_loss"] == min(val_losses)
 
 
 @pytest.mark.slow
@@ -118,7 +118,7 @@ def test_auto_weight_decay_keeps_the_val_best_strength_trained_as_a_fixed_run_wo
         losses = result.val_loss_by_weight_decay
         assert list(losses) == list(WEIGHT_DECAY_GRID)
         assert result.weight_decay == min(losses, key=losses.__getitem__)
-        assert result.summary()["weight_decay"] == result.weight_decay
+        assert result.details()["weight_decay"] == result.weight_decay
         fixed = head()
         fit(fixed, train_data, val_data, dataclasses.replace(config, weight_decay=result.weight_decay), CPU)
         assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in fixed.state_dict().items())
@@ -130,7 +130,7 @@ def test_auto_weight_decay_is_chosen_in_transfer_learning_and_named_in_params(tm
     train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
     result = train_classifier(model, train_data, val_data, train_config(weight_decay="auto", epochs=2))
-    summary = result.summary()
+    summary = result.details()
     assert list(summary["val_loss_by_weight_decay"]) == [str(strength) for strength in WEIGHT_DECAY_GRID]
     assert summary["weight_decay"] == result.weight_decay in WEIGHT_DECAY_GRID
 
@@ -330,8 +330,8 @@ def test_the_unknown_threshold_is_the_highest_that_flags_at_most_one_percent() -
 def test_a_real_training_run_flags_at_most_one_percent_of_val_and_saves_its_threshold(
     sample_model: SampleModel,
 ) -> None:
-    threshold = sample_model.summary["unknown_threshold"]
-    assert sample_model.summary["val_unknown_share"] == 0.0
+    threshold = sample_model.details["unknown_threshold"]
+    assert sample_model.details["val_unknown_share"] == 0.0
     assert load_model(sample_model.path).unknown_threshold == threshold
     val = [sample_model.split / "val" / record.path for record in read_manifest(sample_model.split / "val")]
     predictor = load_predictor(sample_model.path)  # the whole model on ONNX Runtime, as predict runs it

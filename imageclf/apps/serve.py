@@ -183,8 +183,9 @@ class UploadClassifier:
 
 
 def metrics_info(metrics_dir: Path) -> dict:
-    """The test metrics and the names of the pictures that exist, for the page; empty before `dvc repro`."""
-    metrics_file = metrics_dir / paths.EVALUATE_METRICS
+    """The test scores (evaluate's details) and the names of the pictures that exist, for the page; empty before
+    `dvc repro`."""
+    metrics_file = metrics_dir / paths.DETAILS_DIR / paths.EVALUATE_METRICS
     try:
         metrics = json.loads(metrics_file.read_text())
     except (OSError, ValueError):
@@ -196,7 +197,7 @@ def metrics_info(metrics_dir: Path) -> dict:
 
 
 def create_app(model: Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
-    """The page and the API around one loaded model; `metrics_dir` holds evaluate.json and plots/ of that model."""
+    """The page and the API around one loaded model; `metrics_dir` holds evaluate's scores and pictures of it."""
     classifier = UploadClassifier(model)
     app = FastAPI(title="imageclf", description="Try the trained model on your own photos.")
 

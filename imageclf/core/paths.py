@@ -12,13 +12,15 @@ AUGMENTED_DIR = Path("data/augmented")
 MODEL_FILE = Path("models/model.pt")
 METRICS_DIR = Path("metrics")
 
-# In METRICS_DIR: what split, train and evaluate write.
+# In METRICS_DIR: what split, train and evaluate write. The metrics files DVC shows (`dvc metrics show`, `dvc exp
+# show`) hold the headline numbers; the same file name in DETAILS_DIR holds everything behind them.
 SPLIT_METRICS = "split.json"
 TRAIN_METRICS = "train.json"
 TRAIN_HISTORY = "train_history.csv"
 TRAIN_TIME = "train_time.json"
 EVALUATE_METRICS = "evaluate.json"
 TEST_IMAGES_METRICS = "test_images.json"
+DETAILS_DIR = "details"
 TEST_PREDICTIONS = "test_predictions.csv"
 PRECISION_RECALL_DIR = "precision_recall"
 PLOTS_DIR = "plots"

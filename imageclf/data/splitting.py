@@ -248,6 +248,11 @@ def make_split(
     }
 
 
+def headline(counts: dict) -> dict:
+    """metrics/split.json: the images in each split, from `make_split`'s counts."""
+    return {"images": {name: split["total"] for name, split in counts["images"].items()}}
+
+
 def label_conflicts(shas: list[str], by_content: dict[str, dict[str, list[str]]]) -> list[dict]:
     """Rejection rows for every file of one photo (exact or near copies) that was found under several classes."""
     files = [(path, label) for sha256 in shas for label, paths in by_content[sha256].items() for path in paths]

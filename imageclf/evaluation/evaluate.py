@@ -100,10 +100,29 @@ def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, conf
     return np.stack([prediction.probabilities for prediction in predictions])
 
 
+def headline(scores: dict) -> dict:
+    """What the metrics file shows of a scored set (`classification_scores` and `unknown_scores`): accuracy,
+    macro-F1 and the share called none of the classes; nothing for no set."""
+    if not scores:
+        return {}
+    return {
+        "accuracy": scores["accuracy"],
+        "macro_f1": scores["macro_avg"]["f1"],
+        "unknown_share": scores["unknown_share"],
+    }
+
+
+def write_scores(out_dir: Path, name: str, scores: dict) -> None:
+    """The scores in full under `details/`, then their headline as the metrics file `name`."""
+    write_json(out_dir / paths.DETAILS_DIR / name, scores)
+    write_json(out_dir / name, headline(scores))
+
+
 def evaluate(
     model_path: Path, test_dir: Path, history_path: Path, out_dir: Path, data: DataParams, config: EvaluateParams
 ) -> dict:
-    """Write metrics, predictions, precision-recall curves, pictures and the report into `out_dir`."""
+    """Write the metrics (headline and details), predictions, precision-recall curves, pictures and the report into
+    `out_dir`."""
     classes = data.classes
     model = load_model_for(model_path, classes)
     records = read_manifest(test_dir)
@@ -114,7 +133,7 @@ def evaluate(
 
     metrics = classification_scores(true, probabilities, classes, [record.source for record in records])
     metrics |= unknown_scores(true, probabilities, classes, model.unknown_threshold)
-    write_json(out_dir / paths.EVALUATE_METRICS, metrics)
+    write_scores(out_dir, paths.EVALUATE_METRICS, metrics)
     write_csv(
         out_dir / paths.TEST_PREDICTIONS,
         [
@@ -134,7 +153,7 @@ def evaluate(
         write_json(out_dir / paths.PRECISION_RECALL_DIR / f"{label}.json", rows)
 
     test_images = score_test_images(model, Path(config.test_images), config) if config.test_images else {}
-    write_json(out_dir / paths.TEST_IMAGES_METRICS, test_images)
+    write_scores(out_dir, paths.TEST_IMAGES_METRICS, test_images)
 
     plots = out_dir / paths.PLOTS_DIR
     pictures = {

@@ -26,6 +26,7 @@ from imageclf.core.errors import UserError, warn
 from imageclf.core.files import write_atomic
 
 EVALUATE_METRICS = (paths.METRICS_DIR / paths.EVALUATE_METRICS).as_posix()
+EVALUATE_DETAILS = (paths.METRICS_DIR / paths.DETAILS_DIR / paths.EVALUATE_METRICS).as_posix()
 PREDICTIONS = (paths.METRICS_DIR / paths.TEST_PREDICTIONS).as_posix()
 TRAIN_TIME = (paths.METRICS_DIR / paths.TRAIN_TIME).as_posix()
 SEED_PARAMS = ("split.seed", "augment.seed", "train.seed")
@@ -181,20 +182,24 @@ def shown_revisions(shown: list[dict]) -> list[tuple[str, dict]]:
 
 def run_of(project: Path, name: str, data: dict) -> Run | None:
     """The finished run of one revision, or None where it has no test metrics (queued, running or failed)."""
-    evaluation = (data.get("metrics") or {}).get(EVALUATE_METRICS, {}).get("data")
+    headline = (data.get("metrics") or {}).get(EVALUATE_METRICS, {}).get("data")
     params = (data.get("params") or {}).get("params.yaml", {}).get("data")
-    if not evaluation or not params or "images" not in evaluation:
+    if not headline or not params:
         return None
     rev = data["rev"]
+    details = file_at(project, rev, EVALUATE_DETAILS)
+    scores = json.loads(details) if details else headline  # evaluate.json held every score before details/ existed
+    if "images" not in scores:
+        return None
     predictions = file_at(project, rev, PREDICTIONS)
     train_time = file_at(project, rev, TRAIN_TIME)
     return Run(
         name=name,
         rev=rev,
         params=flatten(params),
-        correct=evaluation.get("correct", round(evaluation["accuracy"] * evaluation["images"])),  # older files
-        images=int(evaluation["images"]),
-        macro_f1=float(evaluation["macro_avg"]["f1"]),
+        correct=int(scores["correct"]),
+        images=int(scores["images"]),
+        macro_f1=float(scores["macro_avg"]["f1"]),
         train_seconds=float(json.loads(train_time)["seconds"]) if train_time else None,
         predictions=read_predictions(predictions) if predictions else None,
     )

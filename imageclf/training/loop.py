@@ -50,15 +50,20 @@ class FitResult:
     stop_reason: str = ""
     weight_decay: float = 0.0  # the L2 strength trained with: train.weight_decay, or the one `auto` chose
     val_loss_by_weight_decay: dict[float, float] = field(default_factory=dict)  # `auto`: every candidate's
-    unknown_threshold: float | None = None  # set after training by `calibrate_unknown`
+    unknown_threshold: float | None = None  # set after training by `train.choose_unknown_threshold`
     val_unknown_share: float | None = None  # the share of val photos that threshold rejects
 
     @property
     def best_val_loss(self) -> float:
         return self.history[self.best_epoch - 1].val_loss
 
-    def summary(self) -> dict:
-        """The L2 strength, and the best and the last epoch's losses and accuracies, for metrics/train.json."""
+    def headline(self) -> dict:
+        """metrics/train.json: how many epochs ran, and the val loss of the best one (the weights kept)."""
+        return {"epochs": len(self.history), "val_loss": self.best_val_loss}
+
+    def details(self) -> dict:
+        """metrics/details/train.json: the L2 strength (and every candidate's val loss), the unknown threshold, and
+        the best and the last epoch's losses and accuracies."""
 
         def stats(epoch: EpochStats) -> dict:
             return {key: value for key, value in asdict(epoch).items() if key != "epoch"}

@@ -24,7 +24,7 @@ def format_row(result: LabelledResult, top_k: int, width: int) -> str:
     return f"{result.path!s:<{width}}  {label:<10}  {result.confidence:>10.3f}  {top}"
 
 
-def print_summary(scores: dict, file: TextIO) -> None:
+def print_scores(scores: dict, file: TextIO) -> None:
     """Accuracy over the labelled images (from `classification_scores`) and the list of misses."""
     unlabelled = scores["unlabelled"]
     print(
@@ -68,16 +68,16 @@ def predict_command(
     scores = labelled_scores(results, predictor.classes, unreadable=len(found) - len(results))
     if as_json:
         print(json.dumps([result.as_json() for result in results], indent=2))
-    summary = sys.stderr if as_json else sys.stdout
+    report = sys.stderr if as_json else sys.stdout
     unknown = sum(result.unknown for result in results)
     if unknown:
         print(
             f"unknown: {unknown} of {len(results)} images are none of {', '.join(predictor.classes)} "
             f"(top probability under {predictor.unknown_threshold:.3f})",
-            file=summary,
+            file=report,
         )
     if scores:
-        print_summary(scores, summary)
+        print_scores(scores, report)
     return 1 if errors else 0
 
 

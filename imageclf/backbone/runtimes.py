@@ -43,7 +43,7 @@ def onnxruntime_session(model: bytes | Path, threads: int):
     """An ONNX Runtime CPU session: `threads` for each operator, one operator at a time, errors only in the log.
 
     Its threads sleep between operators instead of spinning: the processes decoding the next images share the
-    cores, and spinning took their time (the animals photos' int8 features: 194-201 images/s against 164-174).
+    cores, and spinning would take their time (docs/benchmarks.md).
     """
     import onnxruntime
 
@@ -152,8 +152,8 @@ def onnx_model(
 
 
 # Images per run of ONNX Runtime's calibrator. It keeps every intermediate tensor of a run alive until the min and
-# max reductions at the end of its graph: Lite0 at 256 px took 5.5 GB for runs of 32 images, 1.5 GB for runs of 4,
-# and the ranges, so the quantized graph, came out byte for byte the same.
+# max reductions at the end of its graph, so its memory grows with the run; the ranges, so the quantized graph, do
+# not depend on how the images are cut into runs.
 CALIBRATION_RUN_IMAGES = 4
 
 
@@ -162,9 +162,8 @@ def quantize_onnx(model: bytes, calibration: Sequence[np.ndarray]) -> bytes:
     `calibration` batches).
 
     The ranges come from ONNX Runtime's own min-max calibrator, run on a session with the graph optimizations on
-    and this project's threads (`quantize_static` runs it with every optimization off), `CALIBRATION_RUN_IMAGES`
-    images at a time: for 64 images at 256 px the whole quantization takes 2.6-3.0 s here instead of 5.0-7.1. The
-    ranges reach `quantize_static` through its calibration cache file.
+    and this project's threads (`quantize_static` runs it with every optimization off, about twice as slow),
+    `CALIBRATION_RUN_IMAGES` images at a time. The ranges reach `quantize_static` through its calibration cache file.
     """
     from onnxruntime import quantization
     from onnxruntime.quantization import calibrate
@@ -221,7 +220,7 @@ def backbone_onnx(
 def onnxruntime_features(
     backbone: nn.Module, batch_shape: tuple[int, ...], quantize: Quantizer | None, calibration, device
 ) -> BatchFunction:
-    """ONNX Runtime's CPU engine on `backbone_onnx`."""
+    """ONNX Runtime on the CPU, running `backbone_onnx`."""
     return onnxruntime_function(backbone_onnx(backbone, batch_shape, quantize, calibration), cpu_threads())
 
 
@@ -236,7 +235,7 @@ def quantize_openvino(model, calibration: Sequence[np.ndarray]):
 def openvino_features(
     backbone: nn.Module, batch_shape: tuple[int, ...], quantize: Quantizer | None, calibration, device
 ) -> BatchFunction:
-    """OpenVINO's CPU engine (`openvino_function`), quantized when asked (`quantize_openvino`)."""
+    """OpenVINO on the CPU (`openvino_function`), quantized when asked (`quantize_openvino`)."""
     import openvino
     import torch
 

@@ -224,8 +224,8 @@ def make_split(
 
     reasons = {reason: sum(row["reason"] == reason for row in rejected) for reason in REASONS}
     if rejected:
-        summary = ", ".join(f"{count} {reason}" for reason, count in reasons.items() if count)
-        warn(f"rejected {len(rejected)} file(s) ({summary}): each is listed with its reason in {rejected_path}")
+        by_reason = ", ".join(f"{count} {reason}" for reason, count in reasons.items() if count)
+        warn(f"rejected {len(rejected)} file(s) ({by_reason}): each is listed with its reason in {rejected_path}")
     for label in classes:
         if not any(record.label == label for record in records):
             raise UserError(f"class folder '{Path(raw_dir) / label}' has no usable image left: see the warning above")

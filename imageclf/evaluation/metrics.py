@@ -2,7 +2,7 @@
 
 They compute what scikit-learn's `classification_report` (zero_division=0), `average_precision_score`,
 `precision_recall_curve` and `confusion_matrix` do, with the same arithmetic (tests/test_metrics.py checks equality
-with scikit-learn): importing scikit-learn took a second of every evaluate stage and of every labelled `predict`.
+with scikit-learn), without the cost of importing scikit-learn in every evaluate stage and labelled `predict`.
 """
 
 import numpy as np

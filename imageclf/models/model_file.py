@@ -127,7 +127,7 @@ class CarriedBackbone:
 
 def carried_backbone(path: Path) -> CarriedBackbone | None:
     """The backbone graph a model file carries with its head, None when it carries none; read without building the
-    architecture, whose timm import alone takes 3 s."""
+    architecture (which imports timm)."""
     saved = read_model_file(path)
     if saved.get("backbone_onnx") is None:
         return None

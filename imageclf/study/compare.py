@@ -61,7 +61,7 @@ class Run:
 
 
 @dataclass(frozen=True)
-class Summary:
+class Spread:
     """Mean, standard deviation (none for one run), min, max and 95 % interval of one metric over a row's runs."""
 
     mean: float
@@ -71,7 +71,7 @@ class Summary:
     interval: tuple[float, float] | None
 
     @classmethod
-    def of(cls, values: list[float], photo_interval: tuple[float, float] | None = None) -> "Summary":
+    def of(cls, values: list[float], photo_interval: tuple[float, float] | None = None) -> "Spread":
         """Across runs that differ, the t interval of the mean, cut to [0, 1]. For a single run, or runs that all
         scored the same (the t interval would have no width), `photo_interval`: Wilson's interval of the photos."""
         mean = statistics.fmean(values)
@@ -89,8 +89,8 @@ class Row:
 
     name: str
     runs: list[str]
-    accuracy: Summary
-    macro_f1: Summary
+    accuracy: Spread
+    macro_f1: Spread
     train_seconds: float | None
 
 
@@ -296,8 +296,8 @@ def compare_runs(runs: list[Run]) -> Comparison:
             Row(
                 name,
                 [run.name for run in members],
-                Summary.of([run.accuracy for run in members], photos),
-                Summary.of([run.macro_f1 for run in members]),
+                Spread.of([run.accuracy for run in members], photos),
+                Spread.of([run.macro_f1 for run in members]),
                 statistics.fmean(seconds) if seconds else None,
             )
         )
@@ -319,12 +319,12 @@ def percent(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-def interval_text(summary: Summary) -> str:
-    return "–" if summary.interval is None else f"{percent(summary.interval[0])}–{percent(summary.interval[1])}"
+def interval_text(spread: Spread) -> str:
+    return "–" if spread.interval is None else f"{percent(spread.interval[0])}–{percent(spread.interval[1])}"
 
 
-def mean_text(summary: Summary) -> str:
-    return percent(summary.mean) + ("" if summary.sd is None else f" ± {percent(summary.sd)}")
+def mean_text(spread: Spread) -> str:
+    return percent(spread.mean) + ("" if spread.sd is None else f" ± {percent(spread.sd)}")
 
 
 def table_rows(comparison: Comparison) -> list[list[str]]:

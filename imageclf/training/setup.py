@@ -66,8 +66,8 @@ class Inputs:
     """What trains (`network`: the classifier, or only its head) and the data it trains and validates on.
 
     `frozen`: the frozen backbone whose features those are, when they are features. `threads`: PyTorch's CPU threads
-    while it trains (None: as they are); a head's matrices are too small to share out, and on a busy 2-core CPU a
-    second thread made each of its epochs 26 × slower.
+    while it trains (None: as they are): a head's matrices are too small to share out between threads, which then
+    only wait for each other.
     """
 
     network: nn.Module

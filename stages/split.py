@@ -28,6 +28,7 @@ def main(out_dir: str, rejected_path: str, metrics_path: str, details_path: str)
         split.seed,
         Path(out_dir),
         Path(rejected_path),
+        split.train_limit,
     )
     write_json(Path(details_path), counts)
     write_json(Path(metrics_path), headline(counts))

@@ -1,15 +1,19 @@
 """Finding images, the stratified split and the split stage's outputs, on generated images."""
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+from imageclf.core.config import load
 from imageclf.core.errors import UserError
 from imageclf.data.folders import find_images
 from imageclf.data.manifest import Record, read_manifest
+from imageclf.data.params import SplitParams
 from imageclf.data.splitting import make_split, split_records
-from tests.helpers import CLASSES, make_image_folder
+from tests.helpers import CLASSES, PROJECT, make_image_folder
 
 
 def records(per_class: dict[str, int]) -> list[Record]:
@@ -102,3 +106,62 @@ def test_a_manifest_of_another_version_is_refused_with_one_line(tmp_path: Path) 
     (tmp_path / "manifest.csv").write_text("path,label,sha256,source\ncat/a.jpg,cat,abc,raw/cat/a.jpg\n")
     with pytest.raises(UserError, match=r"manifest '.*manifest.csv' has the columns \['path', 'label', 'sha256'"):
         read_manifest(tmp_path)
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {
+        path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()
+    }
+
+
+def test_train_per_class_draws_nested_subsets_and_leaves_val_and_test_as_they_are(tmp_path: Path) -> None:
+    """For one seed the 3 photos of a class are among its 6 and those among all of them; another seed draws others;
+    val and test are the same bytes whatever the limit, so every point of a learning curve is scored alike."""
+    raw = make_image_folder(tmp_path / "raw", per_class=12)
+    kept: dict[tuple[int, int | None], dict[str, set[str]]] = {}
+    for seed in (0, 1):
+        for limit in (None, 6, 3):
+            out = tmp_path / f"split-{seed}-{limit}"
+            counts = make_split(raw, CLASSES, 32, 0.1, 0.1, seed, out, train_limit=limit)
+            kept[seed, limit] = {
+                label: {record.source_sha256 for record in read_manifest(out / "train") if record.label == label}
+                for label in CLASSES
+            }
+            assert counts["images"]["train"]["total"] == sum(map(len, kept[seed, limit].values()))
+            assert counts["train_per_class"] == (limit or "all") and counts["classes_with_fewer"] == []
+            for name in ("val", "test"):
+                assert folder_bytes(out / name) == folder_bytes(tmp_path / f"split-{seed}-None" / name)
+    for seed in (0, 1):
+        for label in CLASSES:
+            assert (
+                len(kept[seed, 3][label]) == 3 and len(kept[seed, 6][label]) == 6 and len(kept[seed, None][label]) == 10
+            )
+            assert kept[seed, 3][label] < kept[seed, 6][label] < kept[seed, None][label]
+    assert kept[0, 3] != kept[1, 3]
+
+
+def test_a_class_with_fewer_photos_than_the_limit_keeps_them_all_and_is_named(tmp_path: Path) -> None:
+    raw = make_image_folder(tmp_path / "raw", per_class=12)
+    make_image_folder(tmp_path / "more", per_class=10, seed=1)
+    for extra in (tmp_path / "more/cat").iterdir():  # cats get 22 photos, 18 of them for training
+        extra.rename(raw / "cat" / f"more_{extra.name}")
+    counts = make_split(raw, CLASSES, 32, 0.1, 0.1, 0, tmp_path / "split", train_limit=15)
+    assert counts["classes_with_fewer"] == ["dog", "horse"]
+    assert {label: counts["images"]["train"][label] for label in CLASSES} == {"cat": 15, "dog": 10, "horse": 10}
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "'split.train_per_class' is 0; give the most training photos a class keeps, 1 or more, or all"),
+        (-5, "'split.train_per_class' is -5; give the most training photos a class keeps"),
+        (2.5, "'split.train_per_class' must be int or str, got 2.5"),
+        ("many", "'split.train_per_class' is 'many'; give the most training photos a class keeps, 1 or more, or all"),
+    ],
+)
+def test_a_bad_train_per_class_is_named(tmp_path: Path, value: object, message: str) -> None:
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["split"]["train_per_class"] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(UserError, match=re.escape(message)):
+        load(SplitParams, tmp_path / "params.yaml")

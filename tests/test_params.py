@@ -119,7 +119,7 @@ def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
-        ("split", "sed", 1, "unknown key 'split.sed' (allowed in split: val, test, seed)"),
+        ("split", "sed", 1, "unknown key 'split.sed' (allowed in split: val, test, seed, train_per_class)"),
         ("data", "image_size", "224", "'data.image_size' must be int, got '224'"),
         ("data", "raw_dir", ["data/sample"], "'data.raw_dir' must be str, got ['data/sample']"),
         ("data", "classes", "cat, dog", "'data.classes' must be a list of str, got 'cat, dog'"),

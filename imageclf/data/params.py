@@ -25,14 +25,31 @@ class DataParams:
         require(self.image_size >= 32, path, "data.image_size", self.image_size, "it must be at least 32 (pixels)")
 
 
+# `split.train_per_class`: keep every training photo.
+ALL = "all"
+
+
 @dataclass(frozen=True)
 class SplitParams:
     SECTION: ClassVar[str] = "split"
     val: float
     test: float
     seed: int
+    train_per_class: int | str  # a number of photos, or ALL
+
+    @property
+    def train_limit(self) -> int | None:
+        """The most training photos a class keeps; None: all of them."""
+        return None if self.train_per_class == ALL else self.train_per_class
 
     def check(self, path: Path) -> None:
+        require(
+            self.train_per_class == ALL if isinstance(self.train_per_class, str) else self.train_per_class >= 1,
+            path,
+            "split.train_per_class",
+            self.train_per_class,
+            f"give the most training photos a class keeps, 1 or more, or {ALL}",
+        )
         require(0 < self.val < 1, path, "split.val", self.val, "it must be between 0 and 1")
         require(0 < self.test < 1, path, "split.test", self.test, "it must be between 0 and 1")
         require(

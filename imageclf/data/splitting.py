@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from imageclf.core.errors import UserError, warn
 from imageclf.core.files import atomic_dir, write_atomic, write_csv
+from imageclf.data.draws import ranked
 from imageclf.data.folders import find_files
 from imageclf.data.images import IMAGE_FORMATS, decode_rgb, is_image_name, jpeg_bytes, shrink_shorter_side
 from imageclf.data.manifest import Record, write_manifest
@@ -66,6 +67,16 @@ def split_records(
         for name in SPLITS:
             splits[name] += cut[name]
     return splits
+
+
+def draw_per_class(records: list[Record], limit: int, seed: int) -> list[Record]:
+    """At most `limit` records of each class, drawn by `seed` from their content (`draws.ranked`): for one seed
+    the draw of 100 holds the draw of 30 and lies within the draw of 300. The records keep their order."""
+    kept = set()
+    for label in sorted({record.label for record in records}):
+        members = [record.source_sha256 for record in records if record.label == label]
+        kept |= {members[index] for index in ranked(members, f"train_per_class {seed}")[:limit]}
+    return [record for record in records if record.source_sha256 in kept]
 
 
 def count_by_label(records: list[Record], classes: list[str]) -> dict[str, int]:
@@ -168,13 +179,15 @@ def make_split(
     seed: int,
     out_dir: Path,
     rejected_path: Path | None = None,
+    train_limit: int | None = None,
 ) -> dict:
     """Check and decode every file once, merge duplicates, split stratified and write `<out_dir>/{train,val,test}`.
 
     Files that are not usable images and photos found under two classes are listed with a reason in
     `rejected_path` (default `<out_dir>/rejected.csv`) and summed up in one warning; exact duplicates are merged and
-    near duplicates kept in one split. Each split folder holds `<class>/<sha256[:16]>.jpg` and a manifest.
-    Returns the counts for split.json.
+    near duplicates kept in one split. With `train_limit`, each class keeps at most that many training photos, drawn
+    by `seed` (`draw_per_class`); val and test are the same whatever the limit. Each split folder holds
+    `<class>/<sha256[:16]>.jpg` and a manifest. Returns the counts for split.json.
     """
     rejected_path = Path(rejected_path or Path(out_dir) / "rejected.csv")
     found = find_files(raw_dir, classes)
@@ -230,6 +243,9 @@ def make_split(
         if not any(record.label == label for record in records):
             raise UserError(f"class folder '{Path(raw_dir) / label}' has no usable image left: see the warning above")
     splits = split_records(records, val, test, seed, groups)
+    available = count_by_label(splits["train"], classes)
+    if train_limit is not None:
+        splits["train"] = draw_per_class(splits["train"], train_limit, seed)
     for path in [*(Path(out_dir) / name for name in SPLITS), Path(rejected_path)]:  # no stale half of a new result
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     for name, split in splits.items():
@@ -240,6 +256,8 @@ def make_split(
     write_csv(Path(rejected_path), sorted(rejected, key=lambda row: row["path"]), REJECTED_FIELDS)
     return {
         "images": {name: {**count_by_label(split, classes), "total": len(split)} for name, split in splits.items()},
+        "train_per_class": "all" if train_limit is None else train_limit,
+        "classes_with_fewer": sorted(label for label, count in available.items() if count < (train_limit or 0)),
         "rejected": {**reasons, "total": len(rejected)},
         "exact_duplicates": exact_duplicates,
         "near_duplicate_groups": near_groups,

@@ -1,4 +1,5 @@
-"""Every relative link in README.md and docs/*.md leads somewhere: an existing file and, after `#`, a heading there."""
+"""Every relative link in README.md and docs/*.md leads somewhere: an existing file and, after `#`, a heading there;
+docs/pipeline.md's code layout names every module of the package and the stages, and no other."""
 
 import re
 from pathlib import Path
@@ -64,3 +65,26 @@ def test_every_relative_link_resolves(path: Path) -> None:
 def test_every_docs_page_is_linked_from_the_readme() -> None:
     readme = (PROJECT / "README.md").read_text()
     assert [page.name for page in documents()[1:] if f"](docs/{page.name}" not in readme] == []
+
+
+def code_layout_section() -> str:
+    """The text of docs/pipeline.md's "Code layout" section, up to the next heading of its level."""
+    text = (PROJECT / "docs/pipeline.md").read_text()
+    section = text.split("\n## Code layout\n", 1)[1]
+    return section.split("\n## ", 1)[0]
+
+
+def modules() -> set[str]:
+    """Every Python module of the package and the stages, but the empty `__init__.py` files of the layer folders."""
+    files = [*(PROJECT / "imageclf").rglob("*.py"), *(PROJECT / "stages").glob("*.py")]
+    return {
+        path.relative_to(PROJECT).as_posix()
+        for path in files
+        if "__pycache__" not in path.parts and not (path.name == "__init__.py" and not path.read_text().strip())
+    }
+
+
+def test_the_code_layout_names_every_module_and_no_other() -> None:
+    named = set(re.findall(r"`((?:imageclf|stages)/[\w/]+\.py)`", code_layout_section()))
+    assert sorted(modules() - named) == [], "modules docs/pipeline.md's Code layout does not name"
+    assert sorted(named - modules()) == [], "modules docs/pipeline.md's Code layout names that do not exist"

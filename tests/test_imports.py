@@ -1,5 +1,5 @@
-"""What the first two stages load: split and augment never import torch, timm or torchvision (2 s each), though
-their params check reads the model, optimizer and runtime tables."""
+"""What the first two stages load: split and augment (with no copies to make) import none of torch, timm,
+torchvision, albumentations, OpenCV or scikit-learn, libraries they never use."""
 
 import os
 import subprocess

@@ -35,6 +35,6 @@ def exits_cleanly(main: Callable[..., T]) -> Callable[..., T]:
 
 def exit_without_final_collection() -> None:
     """Called once by a program's entry point: when the process ends, freeze every object still alive (`gc.freeze`)
-    rather than let the interpreter's last garbage collections walk them: with torch and timm loaded they cost
-    every stage about a second. Nothing changes while the program runs."""
+    rather than let the interpreter's last garbage collections walk them, which takes long with torch and timm
+    loaded. Nothing changes while the program runs."""
     atexit.register(gc.freeze)

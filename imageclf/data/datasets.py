@@ -20,7 +20,7 @@ class ImageDataset(torch.utils.data.Dataset):
     @cached_property
     def digests(self) -> list[str]:
         """Each file's `content_digest`, read once: the train stage needs them for the checkpoint fingerprint, the
-        int8 calibration choice and the feature cache, and a pass over 3,000 photos takes up to a second."""
+        int8 calibration choice and the feature cache, and each pass reads every file."""
         return [content_digest(path) for path in self.paths]
 
     @classmethod

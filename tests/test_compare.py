@@ -210,9 +210,9 @@ def test_repeat_queues_one_configuration_per_split_seed(
         monkeypatch.setenv(name, env[name])  # the queued experiments are git commits
     monkeypatch.chdir(project)
     with pytest.raises(UserError, match=r"^-S lr: give a params.yaml key=value"):
-        repeat_command(2, ["lr"])
+        repeat_command(2, ["lr"], [])
     try:
-        repeat_command(2, ["train.lr=0.003"])
+        repeat_command(2, ["train.lr=0.003"], [])
         assert "dvc queue start" in capsys.readouterr().out
         shown = json.loads(run(["dvc", "exp", "show", "--json"], project, env))
         queued = [

@@ -205,8 +205,29 @@ def run_of(project: Path, name: str, data: dict) -> Run | None:
     )
 
 
-def load_runs(project: Path, names: list[str], all_commits: bool) -> list[Run]:
-    """The finished runs `dvc exp show` lists (of every commit with `all_commits`), or those named.
+def executor_states(shown: list[dict]) -> dict[str, str]:
+    """The state DVC's queue reports for each experiment revision it knows of (queued, running, failed, ...)."""
+    return {
+        revision["rev"]: experiment["executor"]["state"]
+        for commit in shown
+        for experiment in commit.get("experiments") or []
+        if experiment.get("executor")
+        for revision in experiment.get("revs") or []
+    }
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A revision without test metrics: its name, its params (flattened) and why (DVC's queue state, if any)."""
+
+    name: str
+    params: dict[str, object]
+    state: str
+
+
+def load_experiments(project: Path, names: list[str], all_commits: bool) -> tuple[list[Run], list[Unfinished]]:
+    """The finished runs `dvc exp show` lists (of every commit with `all_commits`), or those named, and the
+    revisions that have not finished.
 
     The pipeline is deterministic, so revisions with the same params are one run shown twice (the workspace
     after `dvc exp run` holds the last experiment's results): each set of params counts once, under its
@@ -221,18 +242,30 @@ def load_runs(project: Path, names: list[str], all_commits: bool) -> list[Run]:
         if missing:
             raise UserError(f"no experiment named {', '.join(missing)}: `dvc exp show` lists the names")
         revisions = [(name, data) for name, data in revisions if name in names or data["rev"] in names]
+    states = executor_states(shown)
     runs: dict[str, Run] = {}
+    unfinished = []
     for name, data in revisions:
         run = run_of(project, name, data)
         if run is not None:
             runs.setdefault(json.dumps(run.params, sort_keys=True), run)
-        elif names:
-            warn(f"experiment {name} has no {EVALUATE_METRICS} (queued, running or failed): left out")
+        elif name != "workspace":
+            params = flatten((data.get("params") or {}).get("params.yaml", {}).get("data") or {})
+            unfinished.append(Unfinished(name, params, states.get(data["rev"], "failed or not run")))
+    return list(runs.values()), unfinished
+
+
+def load_runs(project: Path, names: list[str], all_commits: bool) -> list[Run]:
+    """`load_experiments`' finished runs; each unfinished one named is warned about, none finished is an error."""
+    runs, unfinished = load_experiments(project, names, all_commits)
+    if names:
+        for revision in unfinished:
+            warn(f"experiment {revision.name} has no {EVALUATE_METRICS} ({revision.state}): left out")
     if not runs:
         raise UserError(
             f"no finished experiment with {EVALUATE_METRICS}: run `dvc exp run` (or `dvc queue start`) and wait"
         )
-    return list(runs.values())
+    return runs
 
 
 def row_names(configurations: list[tuple]) -> list[str]:

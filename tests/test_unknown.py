@@ -4,6 +4,7 @@ keeps, and the ONNX nodes that flag the same photos."""
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,6 +13,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
+from imageclf.data.images import Preprocessing, open_rgb
+from imageclf.data.manifest import read_manifest
+from imageclf.models.architectures import model_spec
+from imageclf.models.classifier import read_model_file
 from imageclf.models.unknown import (
     REASONS,
     UnknownDetector,
@@ -19,7 +24,7 @@ from imageclf.models.unknown import (
     imagenet_classifier,
     onnx_unknown,
 )
-from tests.helpers import PROJECT
+from tests.helpers import PROJECT, SampleModel, none_of_the_classes
 
 CLASSES = ["cat", "dog", "horse"]
 DIMENSIONS = 64
@@ -174,3 +179,35 @@ def test_the_module_runs_without_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT, check=True)
+
+
+@pytest.mark.slow
+def test_a_real_backbone_graph_with_the_nodes_flags_exactly_what_numpy_flags_on_its_features(
+    sample_model: SampleModel,
+) -> None:
+    """The int8 Lite0 graph a trained model file carries, with the detector appended: the same photos flagged as
+    the NumPy detector flags on that graph's features (the sample's photos, a grey square, noise)."""
+    saved = read_model_file(sample_model.path)
+    backbone = onnx.load_from_string(saved["backbone_onnx"].numpy().tobytes())
+    preprocessing = Preprocessing(saved["image_size"], tuple(saved["mean"]), tuple(saved["std"]))
+
+    def images(sources: list) -> np.ndarray:
+        return np.stack([preprocessing(open_rgb(source, min_side=preprocessing.image_size)) for source in sources])
+
+    def split(name: str) -> tuple[list[Path], np.ndarray]:
+        records = read_manifest(sample_model.split / name)
+        paths = [sample_model.split / name / record.path for record in records]
+        return paths, np.array([CLASSES.index(record.label) for record in records])
+
+    features_of = onnxruntime.InferenceSession(backbone.SerializeToString(), providers=["CPUExecutionProvider"])
+    (train, labels), (val, _), (test, _) = split("train"), split("val"), split("test")
+    train_features, val_features = (features_of.run(None, {"images": images(paths)})[0] for paths in (train, val))
+    weights = model_spec("efficientnet_lite0").imagenet_weights()
+    detector = UnknownDetector.fit(train_features, labels, CLASSES, val_features, imagenet_classifier(weights))
+
+    photos = images([*val, *test, *none_of_the_classes().values()])
+    outputs = run_onnx(onnx_unknown(backbone, detector), photos)
+    flags = detector.flags(outputs["features"])
+    assert np.array_equal(outputs["unknown"], flags.unknown)
+    assert flags.unknown[-2:].all(), "the grey square and the noise"
+    assert not flags.unknown[: len(val) + len(test)].all()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,9 +92,14 @@ class ImagenetHead:
     def synsets(self) -> np.ndarray:
         return np.array(sorted({index for indices in self.class_synsets.values() for index in indices}), np.int64)
 
+    @cached_property
+    def float32(self) -> tuple[np.ndarray, np.ndarray]:
+        """The weight and bias as float32, converted once (each call took 20 ms for Lite0's 1,000 × 1,280)."""
+        return self.weight.astype(np.float32), self.bias.astype(np.float32)
+
     def logits(self, features: np.ndarray) -> np.ndarray:
-        weight = self.weight.astype(np.float32)
-        return np.asarray(features, dtype=np.float32) @ weight.T + self.bias.astype(np.float32)
+        weight, bias = self.float32
+        return np.asarray(features, dtype=np.float32) @ weight.T + bias
 
     def log_mass(self, logits: np.ndarray) -> np.ndarray:
         """log of the softmax probability on the classes' synsets."""
@@ -136,6 +142,11 @@ class UnknownDetector:
     k: int
     imagenet: ImagenetHead | None
     thresholds: dict[str, float] = field(default_factory=dict)
+
+    @cached_property
+    def bank_float32(self) -> np.ndarray:
+        """The bank as float32, converted once: a photo's similarities are a float32 product, as in the ONNX nodes."""
+        return self.bank.astype(np.float32)
 
     @property
     def score_names(self) -> list[str]:
@@ -234,7 +245,7 @@ class UnknownDetector:
 
 
 def knn_score(detector: UnknownDetector, features: np.ndarray, _: np.ndarray | None) -> np.ndarray:
-    similarities = normalised(features) @ detector.bank.astype(np.float32).T
+    similarities = normalised(features) @ detector.bank_float32.T
     count = similarities.shape[1]
     return np.partition(similarities, count - detector.k, axis=1)[:, count - detector.k]
 

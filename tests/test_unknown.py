@@ -211,3 +211,14 @@ def test_a_real_backbone_graph_with_the_nodes_flags_exactly_what_numpy_flags_on_
     assert np.array_equal(outputs["unknown"], flags.unknown)
     assert flags.unknown[-2:].all(), "the grey square and the noise"
     assert not flags.unknown[: len(val) + len(test)].all()
+
+
+def test_openvino_converts_the_nodes_and_flags_the_same_photos(data: dict[str, np.ndarray]) -> None:
+    openvino = pytest.importorskip("openvino")
+    head = imagenet_head(np.random.default_rng(2))
+    detector = UnknownDetector.fit(data["train"], data["labels"], CLASSES, data["val"], imagenet=head)
+    graph = onnx_unknown(features_graph(DIMENSIONS), detector)
+    compiled = openvino.Core().compile_model(openvino.convert_model(io.BytesIO(graph.SerializeToString())), "CPU")
+    photos = np.concatenate([data["val"], data["test"], data["far"]])
+    flagged = compiled(photos)[compiled.output("unknown")]
+    assert np.array_equal(flagged, detector.flags(photos).unknown)

@@ -55,7 +55,7 @@ def normalised(features: np.ndarray) -> np.ndarray:
 
 
 def logsumexp(values: np.ndarray) -> np.ndarray:
-    """log Σ exp over axis 1, as ONNX's ReduceLogSumExp computes it (max-shifted)."""
+    """log Σ exp over axis 1, max-shifted, as the ONNX nodes of `onnx_unknown` compute it."""
     peak = values.max(axis=1, keepdims=True)
     return (np.log(np.exp(values - peak).sum(axis=1, keepdims=True)) + peak)[:, 0]
 
@@ -280,11 +280,18 @@ def onnx_unknown(model: onnx.ModelProto, detector: UnknownDetector, features: st
         nodes.append(helper.make_node(op, inputs, [f"unknown_{name}"], **attributes))
         return f"unknown_{name}"
 
-    def reduce(op: str, source: str, name: str) -> str:
-        """A reduction over axis 1: its axes an attribute up to opset 17, an input from 18."""
+    axis = constant("axis", np.array([1]))
+
+    def log_sum_exp(source: str, name: str) -> str:
+        """Over axis 1, max-shifted as `logsumexp` computes it. From ReduceMax and ReduceSum: OpenVINO's converter
+        reduces a ReduceLogSumExp over the batch axis too."""
         if opset >= 18:
-            return node(op, [source, constant(f"{name}_axes", np.array([1]))], name, keepdims=0)
-        return node(op, [source], name, axes=[1], keepdims=0)
+            peak = node("ReduceMax", [source, axis], f"{name}_peak", keepdims=1)
+        else:
+            peak = node("ReduceMax", [source], f"{name}_peak", axes=[1], keepdims=1)
+        shifted = node("Exp", [node("Sub", [source, peak], f"{name}_shifted")], f"{name}_exp")
+        total = node("ReduceSum", [shifted, axis], f"{name}_sum", keepdims=1)
+        return node("Squeeze", [node("Add", [node("Log", [total], f"{name}_log"), peak], f"{name}_kept"), axis], name)
 
     unit = node("LpNormalization", [features], "normalised", axis=1, p=2)
     bank = node("Cast", [constant("bank", detector.bank)], "bank_float", to=TensorProto.FLOAT)
@@ -302,9 +309,7 @@ def onnx_unknown(model: onnx.ModelProto, detector: UnknownDetector, features: st
         bias = node("Cast", [constant("imagenet_bias", head.bias)], "imagenet_bias_float", to=TensorProto.FLOAT)
         logits = node("Gemm", [features, weight, bias], "imagenet_logits", transB=1)
         chosen = node("Gather", [logits, constant("synsets", head.synsets)], "synset_logits", axis=1)
-        scores["imagenet"] = node(
-            "Sub", [reduce("ReduceLogSumExp", chosen, "synset_lse"), reduce("ReduceLogSumExp", logits, "lse")], "mass"
-        )
+        scores["imagenet"] = node("Sub", [log_sum_exp(chosen, "synset_lse"), log_sum_exp(logits, "lse")], "mass")
     flags = []
     for name in detector.score_names:
         threshold = constant(f"threshold_{name}", np.array(detector.thresholds[name], dtype=np.float32))
@@ -312,7 +317,7 @@ def onnx_unknown(model: onnx.ModelProto, detector: UnknownDetector, features: st
     unknown = flags[0]
     for index, flag in enumerate(flags[1:]):
         unknown = node("Or", [unknown, flag], f"any_{index}")
-    columns = [node("Unsqueeze", [flag, constant("column_axis", np.array([1]))], f"column_{flag}") for flag in flags]
+    columns = [node("Unsqueeze", [flag, axis], f"column_{flag}") for flag in flags]
     nodes.append(helper.make_node("Identity", [unknown], ["unknown"]))
     nodes.append(helper.make_node("Concat", columns, ["unknown_flags"], axis=1))
     outputs = [

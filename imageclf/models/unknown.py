@@ -175,7 +175,8 @@ class UnknownDetector:
     ) -> UnknownDetector:
         """Fit on the training photos' features and labels, then calibrate on val (all of the classes).
 
-        `imagenet`: the backbone's ImageNet (weight, bias) (`imagenet_classifier`), None for a backbone without one.
+        `imagenet`: the backbone's ImageNet (weight, bias) (`imagenet_classifier`), None for a backbone without one,
+        and for a fine-tuned one: its features no longer match the classifier trained on the pretrained ones.
         `class_synsets`: class → ImageNet class indices, given by hand; learned from the training photos when None.
         `bank_size`: keep this many training photos' features (drawn with `seed`), all when None.
         """

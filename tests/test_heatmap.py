@@ -61,6 +61,10 @@ def test_the_heatmap_of_an_image_whose_class_one_region_decides_peaks_in_that_re
 
 def test_every_architecture_names_a_last_feature_map() -> None:
     assert set(LAST_FEATURE_MAPS) == set(MODELS)
+
+
+@pytest.mark.slow
+def test_the_named_modules_output_spatial_maps() -> None:
     outputs: dict[str, torch.Tensor] = {}
     for name in ("original", "resnet18", "efficientnet_b0", "efficientnet_lite0"):
         model = create_model(name, 3, SIZE, pretrained=False).eval()

@@ -5,6 +5,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -26,6 +27,8 @@ from tests.helpers import SampleModel, none_of_the_classes
 pytestmark = pytest.mark.slow  # each test starts the imageclf command, which loads torch
 
 SAMPLE = Path(__file__).parent.parent / "data/sample"
+# This checkout's command (the installed `imageclf` script may belong to another one).
+IMAGECLF = [sys.executable, "-m", "imageclf"]
 METRICS = Path(__file__).parent.parent / "metrics"
 
 
@@ -56,7 +59,7 @@ def project_with_model(root: Path) -> Path:
 def running_server(model: Path, *options: str) -> Iterator[str]:
     """`imageclf serve` on a free port of 127.0.0.1 in a real process; yields its address, stops it after."""
     process = subprocess.Popen(
-        ["imageclf", "serve", "--model", str(model), "--port", "0", *options],
+        [*IMAGECLF, "serve", "--model", str(model), "--port", "0", *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -108,7 +111,7 @@ def blank_png(size: tuple[int, int]) -> bytes:
 def predicted_json(photos: list[Path], model: Path) -> list[dict]:
     """What `imageclf predict --json` prints for `photos`, each path shortened to its file name as uploads are."""
     printed = subprocess.run(
-        ["imageclf", "predict", *map(str, photos), "--model", str(model), "--json"],
+        [*IMAGECLF, "predict", *map(str, photos), "--model", str(model), "--json"],
         capture_output=True,
         text=True,
         check=True,
@@ -234,12 +237,53 @@ def test_malformed_requests_get_one_line_and_the_server_keeps_answering(server: 
     assert post(server, [(photo.name, photo.read_bytes())]).status_code == 200
 
 
+def test_a_request_of_more_files_than_allowed_is_read_to_its_end_and_gets_its_413(server: str) -> None:
+    """100 photos of 197 kB: far more than the sockets buffer, so an answer sent mid-upload would reset the
+    connection instead of telling the client why."""
+    photos = [(f"noise{index}.png", noise_png((256, 256), seed=index)) for index in range(100)]
+    response = post(server, photos)
+    assert response.status_code == 413
+    assert response.json() == {"error": f"at most {MAX_FILES} files per request: send the others in another request"}
+    assert [entry["path"] for entry in post(server, photos[:MAX_FILES]).json()] == [name for name, _ in photos[:32]]
+
+
+def test_a_request_over_the_file_limit_is_answered_once_its_whole_body_is_read(server: str) -> None:
+    """The answer waits for the last byte: sent while the client is still uploading, it comes with a closed
+    connection, which a client sees as "connection reset" rather than the reason."""
+    parts = [
+        b"--zz\r\nContent-Disposition: form-data; name=files; filename=n%d.png\r\n\r\n" % index
+        + noise_png((32, 32), seed=index)
+        + b"\r\n"
+        for index in range(MAX_FILES + 8)
+    ]
+    body = b"".join(parts) + b"--zz--\r\n"
+    cut = len(b"".join(parts[: MAX_FILES + 4]))  # past the file over the limit, before the end
+    host, port = server.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=zz\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:cut]
+        )
+        connection.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            connection.recv(1)  # no answer while the body is still coming
+        connection.sendall(body[cut:])
+        connection.settimeout(30)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, content = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413")
+    assert json.loads(content)["error"].startswith(f"at most {MAX_FILES} files per request")
+
+
 def test_the_page_and_the_model_metrics_beside_it(server: str) -> None:
     page = requests.get(server, timeout=30).text
     assert 'type="file" accept="image/*" multiple' in page and 'capture="environment"' in page
     assert "http" not in page.replace(server, ""), "no asset from the internet"
     info = requests.get(f"{server}/info", timeout=30).json()
     assert info["classes"] == ["cat", "dog", "horse"] and info["image_size"] == 32
+    assert info["max_files"] == MAX_FILES, "the page sends batches of at most this many"
     assert info["metrics"] == json.loads((METRICS / "details/evaluate.json").read_text())
     assert info["plots"] == ["confusion_matrix"], "only the pictures that exist"
     picture = requests.get(f"{server}/plots/confusion_matrix.png", timeout=30)
@@ -250,7 +294,7 @@ def test_the_page_and_the_model_metrics_beside_it(server: str) -> None:
 
 def test_an_unknown_model_or_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path, model: Path) -> None:
     missing = subprocess.run(
-        ["imageclf", "serve", "--model", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=120
+        [*IMAGECLF, "serve", "--model", str(tmp_path / "none.pt")], capture_output=True, text=True, timeout=120
     )
     assert missing.returncode == 1
     assert (
@@ -262,7 +306,7 @@ def test_an_unknown_model_or_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path
         taken.listen()
         port = taken.getsockname()[1]
         in_use = subprocess.run(
-            ["imageclf", "serve", "--model", str(model), "--port", str(port)],
+            [*IMAGECLF, "serve", "--model", str(model), "--port", str(port)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -274,7 +318,7 @@ def test_an_unknown_model_or_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path
 def test_it_listens_on_127_0_0_1_unless_told_and_warns_when_told_otherwise(server: str, model: Path) -> None:
     assert server.startswith("http://127.0.0.1:")
     process = subprocess.Popen(
-        ["imageclf", "serve", "--model", str(model), "--port", "0", "--host", "0.0.0.0"],
+        [*IMAGECLF, "serve", "--model", str(model), "--port", "0", "--host", "0.0.0.0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -1,5 +1,7 @@
 """`imageclf serve` in a real browser: headless Chromium uploads a photo of the embedded sample and reads the page."""
 
+import base64
+import io
 import json
 import shutil
 from collections.abc import Iterator
@@ -7,11 +9,13 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
+from imageclf.apps.serve import MAX_FILES
 from tests.helpers import SampleModel, none_of_the_classes
 from tests.test_serve import METRICS, project_with_model, running_server, sample_photos
 
@@ -30,13 +34,20 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield address
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[webdriver.Chrome]:
+def chromium(language: str) -> webdriver.Chrome:
+    """Headless Chromium whose user prefers `language`."""
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium")
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900"):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    options.add_argument(f"--lang={language}")
+    options.add_experimental_option("prefs", {"intl.accept_languages": language})
+    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[webdriver.Chrome]:
+    driver = chromium("en-US")
     yield driver
     driver.quit()
 
@@ -83,3 +94,112 @@ def test_an_image_of_none_of_the_classes_says_none_of_these_above_its_bars(
         label = WebDriverWait(browser, 60).until(lambda driver: driver.find_element(By.CSS_SELECTOR, ".result .label"))
         assert label.text == "none of these"
         assert len(browser.find_elements(By.CSS_SELECTOR, ".result .bar")) == 3, "the class scores are kept"
+
+
+def drop_generated_photos(browser: webdriver.Chrome, count: int) -> None:
+    """Drop `count` PNG files (plain squares drawn on a canvas, n0.png ...) onto the page's drop zone."""
+    browser.execute_async_script(
+        """
+        const [count, done] = arguments;
+        const transfer = new DataTransfer();
+        const canvas = document.createElement("canvas");
+        canvas.width = canvas.height = 64;
+        const context = canvas.getContext("2d");
+        (async () => {
+          for (let index = 0; index < count; index++) {
+            context.fillStyle = `hsl(${(index * 37) % 360}, 70%, 50%)`;
+            context.fillRect(0, 0, 64, 64);
+            const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+            transfer.items.add(new File([blob], `n${index}.png`, { type: "image/png" }));
+          }
+          const zone = document.getElementById("drop");
+          zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+          done();
+        })();
+        """,
+        count,
+    )
+
+
+def test_more_photos_than_one_request_takes_are_sent_in_batches_and_all_answered(
+    server: str, browser: webdriver.Chrome
+) -> None:
+    browser.get(server)
+    WebDriverWait(browser, 30).until(lambda driver: driver.execute_script("return info !== null"))
+    drop_generated_photos(browser, MAX_FILES + 8)
+    WebDriverWait(browser, 120).until(
+        lambda driver: driver.find_element(By.ID, "status").text.startswith(f"{MAX_FILES + 8} photo(s) in ")
+    )
+    cards = browser.find_elements(By.CSS_SELECTOR, ".result")
+    assert sorted(card.find_element(By.CSS_SELECTOR, ".name").text for card in cards) == sorted(
+        f"n{index}.png" for index in range(MAX_FILES + 8)
+    )
+    labels = [card.find_element(By.CSS_SELECTOR, ".label").text for card in cards]
+    assert set(labels) <= {"cat", "dog", "horse"} and not browser.find_elements(By.CSS_SELECTOR, ".error")
+
+
+FLAGGED = {
+    "path": "fox.jpg",
+    "label": None,
+    "unknown": True,
+    "unknown_reason": "knn",
+    "confidence": 0.5,
+    "probabilities": {"cat": 0.3, "dog": 0.5, "horse": 0.2},
+}
+
+
+def show_result(browser: webdriver.Chrome, result: dict) -> None:
+    """Render one /predict result object on the page, as the page does with the server's answer."""
+    browser.execute_script(
+        "const card = document.createElement('div'); card.className = 'result';"
+        "document.getElementById('results').prepend(card); answer(card, arguments[0]);",
+        result,
+    )
+
+
+def test_the_page_speaks_the_browsers_language_and_the_toggle_switches_it(server: str) -> None:
+    heatmap = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(heatmap, "PNG")
+    flagged = FLAGGED | {"heatmap": "data:image/png;base64," + base64.b64encode(heatmap.getvalue()).decode()}
+    japanese = chromium("ja")
+    try:
+        japanese.get(server)
+        assert japanese.find_element(By.TAG_NAME, "h1").text == "手元の写真でモデルを試す"
+        assert japanese.find_element(By.TAG_NAME, "html").get_attribute("lang") == "ja"
+        show_result(japanese, flagged)
+        assert japanese.find_element(By.CSS_SELECTOR, ".result .label").text == "どれでもない"
+        assert japanese.find_element(By.CSS_SELECTOR, ".result .reason").text == (
+            "理由: 学習に使ったどの写真とも特徴が離れています (特徴の距離)"
+        )
+        assert (
+            japanese.find_element(By.CSS_SELECTOR, ".heatmap figcaption").text
+            == "ネットワークが注目した場所 (Grad-CAM)"
+        )
+
+        japanese.find_element(By.ID, "language").click()
+        assert japanese.find_element(By.TAG_NAME, "h1").text == "Try the model on your own photos"
+        assert japanese.find_element(By.CSS_SELECTOR, ".result .label").text == "none of these"
+        assert japanese.find_element(By.CSS_SELECTOR, ".result .reason").text == (
+            "why: far from every training photo (feature distance)"
+        )
+        assert (
+            japanese.find_element(By.CSS_SELECTOR, ".heatmap figcaption").text == "where the network looked (Grad-CAM)"
+        )
+        assert japanese.find_element(By.ID, "language").text == "日本語"
+        japanese.refresh()
+        assert japanese.find_element(By.TAG_NAME, "h1").text == "Try the model on your own photos", "the choice stays"
+    finally:
+        japanese.quit()
+
+
+def test_an_english_browser_gets_english_and_a_flag_without_a_named_score_reads_as_max_softmax(
+    server: str, browser: webdriver.Chrome
+) -> None:
+    browser.get(server)
+    assert browser.find_element(By.TAG_NAME, "h1").text == "Try the model on your own photos"
+    assert browser.find_element(By.ID, "language").text == "日本語"
+    show_result(browser, {key: value for key, value in FLAGGED.items() if key != "unknown_reason"})
+    assert browser.find_element(By.CSS_SELECTOR, ".result .reason").text == (
+        "why: no class's probability reaches the model's threshold"
+    )
+    assert not browser.find_elements(By.CSS_SELECTOR, ".heatmap"), "no heatmap unless the server sends one"

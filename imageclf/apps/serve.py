@@ -60,7 +60,12 @@ class RequestError(Exception):
 
 class UploadParser:
     """Streams a multipart/form-data body into `Upload`s of the field `files`, keeping everything in memory and
-    dropping the bytes of a file once it passes MAX_UPLOAD_BYTES (it is then refused, the others still read)."""
+    dropping the bytes of a file once it passes MAX_UPLOAD_BYTES (it is then refused, the others still read).
+
+    A body refused as a whole (too many files, malformed) is still read to its end, its bytes dropped, and the
+    refusal raised by `finish`: an answer sent before the client has sent everything makes the server close the
+    connection, and the client sees "connection reset" instead of the reason.
+    """
 
     def __init__(self, content_type: str):
         kind, options = parse_options_header(content_type)
@@ -69,6 +74,7 @@ class UploadParser:
         self.uploads: list[Upload] = []
         self.header_name, self.header_value, self.headers = b"", b"", {}
         self.current: Upload | None = None
+        self.refusal: RequestError | None = None
         self.parser = MultipartParser(
             options[b"boundary"],
             {
@@ -113,14 +119,19 @@ class UploadParser:
             upload.content = None
 
     def feed(self, chunk: bytes) -> None:
+        """Parse the next chunk of the body; after a refusal, only drain it."""
+        if self.refusal is not None:
+            return
         try:
             self.parser.write(chunk)
-        except RequestError:
-            raise
+        except RequestError as error:
+            self.refusal, self.uploads = error, []
         except Exception as error:
-            raise RequestError(400, f"malformed multipart body: {error}") from None
+            self.refusal, self.uploads = RequestError(400, f"malformed multipart body: {error}"), []
 
     def finish(self) -> list[Upload]:
+        if self.refusal is not None:
+            raise self.refusal
         try:
             self.parser.finalize()
         except Exception as error:
@@ -221,6 +232,7 @@ def create_app(model: Predictor, model_path: Path, metrics_dir: Path) -> FastAPI
             "classes": model.classes,
             "image_size": model.preprocessing.image_size,
             "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
+            "max_files": MAX_FILES,
             "unknown_threshold": model.unknown_threshold,
         } | metrics_info(metrics_dir)
 

@@ -39,6 +39,7 @@ from imageclf.models.model_file import read_model_file
 from imageclf.models.unknown import UnknownDetector, calibrated_threshold, imagenet_classifier, normalised, softmax
 
 sys.path.insert(0, str(Path(__file__).parent))
+from pipeline import copy_project
 from unknown import generated_pictures, sklearn_pictures
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -76,21 +77,10 @@ def trained_project(work: Path, seed: int, raw_dir: Path) -> Path:
     if (project / "models/model.pt").is_file():
         return project
     shutil.rmtree(project, ignore_errors=True)
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=PROJECT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.split("\n")
-    for name in filter(None, listed):
-        if (PROJECT / name).is_file() and not name.startswith(("data/", "metrics/", "models/")) and name != "dvc.lock":
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(PROJECT / name, project / name)
+    copy_project(project)  # a fresh git repository of this checkout's files
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["data"]["raw_dir"], params["split"]["seed"] = str(raw_dir.resolve()), seed
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     subprocess.run(["dvc", "repro", "train"], cwd=project, check=True, stdout=subprocess.DEVNULL)
     return project
 

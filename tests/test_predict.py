@@ -18,7 +18,7 @@ from imageclf.data.manifest import read_manifest
 from imageclf.data.views import TTA
 from imageclf.evaluation.evaluate import load_model_for
 from imageclf.inference.photos import ViewTransform, label_from_path, predict_files
-from imageclf.inference.predictor import torch_predictor
+from imageclf.inference.predictor import Predictor, torch_predictor
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import create_model
 from imageclf.models.model_file import SavedModel, load_model, save_model
@@ -237,16 +237,18 @@ def test_labels_come_from_the_name_prefix_or_a_class_folder_below_the_target(tmp
     assert label_from_path(tmp_path / "a/catalogue.jpg", tmp_path / "a", CLASSES) is None
 
 
+def random_lite0_on_pytorch(path: Path) -> Predictor:
+    """A Lite0 with random weights (seed 0) saved at `path`, predicted on PyTorch."""
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
+    save_model(path, SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32)))
+    return torch_predictor(path)
+
+
 def test_batches_give_the_same_probabilities_as_one_at_a_time(tmp_path: Path) -> None:
     photos = make_image_folder(tmp_path / "photos", per_class=2, size=(60, 40))
     (photos / "cat/broken.jpg").write_bytes(b"\xff\xd8 truncated")
-    torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
-    save_model(
-        tmp_path / "model.pt",
-        SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32)),
-    )
-    predictor = torch_predictor(tmp_path / "model.pt")
+    predictor = random_lite0_on_pytorch(tmp_path / "model.pt")
     paths = sorted(photos.rglob("*.jpg"))
     batched = list(predict_files(predictor, paths, "flip", batch_size=4))
     single = list(predict_files(predictor, paths, "flip", batch_size=1, decode_threads=0))
@@ -303,13 +305,7 @@ def test_numpy_preprocessing_gives_torchvisions_tensor_values(architecture: str)
 def test_flip_averages_the_photo_and_its_mirror_image(tmp_path: Path) -> None:
     """`--tta flip` (and `evaluate.tta: flip`) is the mean of the model's probabilities for the photo and for its
     mirror image, not either one alone."""
-    torch.manual_seed(0)
-    model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
-    save_model(
-        tmp_path / "model.pt",
-        SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32)),
-    )
-    predictor = torch_predictor(tmp_path / "model.pt")
+    predictor = random_lite0_on_pytorch(tmp_path / "model.pt")
     photo = tmp_path / "photo.png"
     pixels = np.zeros((40, 60, 3), dtype=np.uint8)
     pixels[:, :20] = (250, 30, 30)  # red on the left only: the mirror image differs

@@ -71,7 +71,8 @@ def test_the_page_shows_the_test_metrics_and_the_confusion_matrix(server: str, b
     WebDriverWait(browser, 30).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#metrics table"))
     metrics = json.loads((METRICS / "details/evaluate.json").read_text())
     accuracy = browser.find_element(By.CSS_SELECTOR, "#metrics p").text
-    assert accuracy == f"accuracy {100 * metrics['accuracy']:.1f} % on {metrics['images']} test photos"
+    unknown = f"; {metrics['unknown']} of them called none of these" if metrics["unknown"] else ""
+    assert accuracy == f"accuracy {100 * metrics['accuracy']:.1f} % on {metrics['images']} test photos{unknown}"
     rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#metrics tr")]
     assert rows[1:] == [
         f"{label} {100 * s['precision']:.1f} % {100 * s['recall']:.1f} % {100 * s['f1']:.1f} % {s['support']}"

@@ -41,7 +41,14 @@ SCORES_KEYS = {
     "per_class",
     "misses",
 }
-UNKNOWN_KEYS = {"unknown_thresholds", "unknown", "unknown_share", "unknown_by_score", "accepted_accuracy"}
+UNKNOWN_KEYS = {
+    "unknown_thresholds",
+    "unknown_note",
+    "unknown",
+    "unknown_share",
+    "unknown_by_score",
+    "accepted_accuracy",
+}
 
 
 def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reproduced_project: Path) -> None:

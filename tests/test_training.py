@@ -25,7 +25,7 @@ from imageclf.inference.photos import predict_files
 from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import create_model
-from imageclf.models.model_file import load_model
+from imageclf.models.model_file import load_model, save_model
 from imageclf.models.unknown import normalised
 from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
 from imageclf.training.loop import WEIGHT_DECAY_GRID, Checkpointing, fit, fit_choosing_weight_decay, parameter_groups
@@ -353,6 +353,9 @@ def test_a_backbone_that_trained_gets_the_feature_distance_alone_on_its_new_feat
     with torch.inference_mode():
         trained = saved.classifier.backbone(torch.stack([images[index][0] for index in range(len(images))]))
     np.testing.assert_allclose(saved.unknown.bank, normalised(trained.numpy()).astype(np.float16), atol=2e-3)
+    save_model(tmp_path / "model.pt", saved)
+    predictor = load_predictor(tmp_path / "model.pt")  # what predict, serve and evaluate's report say of it
+    assert predictor.unknown_scores == ("knn",) and "feature distance only" in predictor.unknown_note
 
 
 def test_the_train_stage_trains_with_the_loss_its_params_ask_for(tmp_path: Path) -> None:

@@ -58,12 +58,13 @@ def unknown_scores(
     true: list[str], probabilities: np.ndarray, reasons: list[tuple[str, ...]], classes: list[str], model: Predictor
 ) -> dict:
     """How many photos the model calls none of the classes (all of them are of the classes, so these are mistakes
-    of another kind), by which score, and the accuracy on the others; `accuracy` still counts every photo by its top
-    class."""
+    of another kind), by which score (and what the detector leaves out), and the accuracy on the others; `accuracy`
+    still counts every photo by its top class."""
     unknown = np.array([bool(reason) for reason in reasons], dtype=bool)
     correct = np.array(true) == np.array(classes)[probabilities.argmax(axis=1)]
     return {
         "unknown_thresholds": model.unknown_thresholds,
+        "unknown_note": model.unknown_note,
         "unknown": int(unknown.sum()),
         "unknown_share": float(unknown.mean()),
         "unknown_by_score": {name: sum(name in reason for reason in reasons) for name in model.unknown_scores},

@@ -160,8 +160,9 @@ def unknown_line(metrics: dict) -> str:
         )
     accepted = metrics["accepted_accuracy"]
     by_score = ", ".join(f"{name} {count}" for name, count in metrics["unknown_by_score"].items())
+    note = f"; {metrics['unknown_note']}" if metrics["unknown_note"] else ""
     return (
-        f"Unknown (a score under its threshold chosen on val: {', '.join(metrics['unknown_thresholds'])}): "
+        f"Unknown (a score under its threshold chosen on val: {', '.join(metrics['unknown_thresholds'])}{note}): "
         f"**{metrics['unknown']}** of {metrics['images']} images ({percent(metrics['unknown_share'])}; by score: "
         f"{by_score}); accuracy on the others: {'–' if accepted is None else percent(accepted)}. "
         "The accuracy above counts every image by its most probable class, unknown or not."

@@ -1,7 +1,7 @@
-"""How often a model calls a photo "none of these" (unknown): photos of its classes, and images of none of them.
+"""How often a model calls a photo "none of these" (unknown), and by which score: photos of its classes, and images of
+none of them.
 
-    python benchmarks/unknown.py --model models/model.pt --split data/split \\
-        --folder ../shared/data/animals10-sample [--class-means]
+    python benchmarks/unknown.py --model models/model.pt --split data/split --folder ../shared/data/animals10-sample
 
 Every image of the classes should be accepted: the val and test folders of --split, and each --folder. The
 others should be flagged: scikit-image's sample pictures (astronaut, coffee, rocket, ...; installed with
@@ -9,29 +9,22 @@ others should be flagged: scikit-image's sample pictures (astronaut, coffee, roc
 plain colours, noise and rendered text. scikit-image's `chelsea` (a cat) and `horse` (a silhouette) are reported
 apart, as pictures of the classes.
 
-Method `max_softmax` is what the project ships: the model's top probability, under the threshold stored in the model
-file (chosen on val by the train stage). With --class-means, also `class_means`: the cosine similarity of the frozen
-backbone's features to the nearest class's mean feature on the train folder of --split, its threshold chosen on
-val the same way (at most 1 % of val under it). Prints one JSON object per method and set, then the totals.
+The model's own detector decides (the scores and thresholds its model file keeps, through `imageclf predict`'s code
+path). Prints one JSON object per set and per image of none of the classes, then the totals. For a photo folder of
+none of the classes, set `evaluate.ood_images` and run the pipeline instead: evaluate reports AUROC and more.
 """
 
 import argparse
 import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from imageclf.backbone.frozen import FrozenBackbone
-from imageclf.data.datasets import ImageDataset
 from imageclf.data.manifest import read_manifest
-from imageclf.inference.photos import ViewTransform, files_to_predict, load_views, predict_files
-from imageclf.inference.predictor import is_unknown, load_predictor
-from imageclf.models.model_file import load_model
-from imageclf.training.train import unknown_threshold
+from imageclf.inference.photos import files_to_predict, predict_files
+from imageclf.inference.predictor import PREDATES, Predictor, load_predictor
 
 Source = Path | bytes
 SKIMAGE_OTHERS = (
@@ -110,45 +103,9 @@ def split_files(folder: Path) -> list[Path]:
     return [folder / record.path for record in read_manifest(folder)]
 
 
-def max_softmax_scores(model: Path) -> tuple[Callable[[list[Source]], np.ndarray], float | None]:
-    """The shipped method: the top probability of each image (through `imageclf predict`'s code path) and the
-    model's own threshold."""
-    predictor = load_predictor(model)
-
-    def scores(sources: list[Source]) -> np.ndarray:
-        predictions = predict_files(predictor, sources, "none", 32, description="max_softmax")
-        return np.array([prediction.probabilities.max() for prediction in predictions])
-
-    return scores, predictor.unknown_threshold
-
-
-def class_mean_scores(
-    model: Path, train_dir: Path, val_dir: Path
-) -> tuple[Callable[[list[Source]], np.ndarray], float]:
-    """The alternative: cosine similarity of an image's backbone features (ONNX Runtime, as the train stage runs
-    it) to the nearest class mean of the train folder's features; its threshold flags at most 1 % of val."""
-    saved = load_model(model)
-    train = ImageDataset.from_manifest(train_dir, saved.classes, saved.preprocessing)
-    frozen = FrozenBackbone.for_training(
-        saved.architecture, saved.classifier.backbone, "onnxruntime", "fp32", torch.device("cpu"), train, 0
-    )
-    transform = ViewTransform(saved.preprocessing, "none")
-
-    def features(sources: list[Source]) -> torch.Tensor:
-        images = torch.from_numpy(np.stack([load_views(source, transform)[0][0] for source in sources]))
-        dataset = torch.utils.data.TensorDataset(images, torch.zeros(len(sources)))
-        vectors = frozen.extract(dataset, "features")
-        return torch.nn.functional.normalize(vectors, dim=1)
-
-    train_features, labels = frozen.features(train, "train").dataset.tensors
-    train_features = torch.nn.functional.normalize(train_features, dim=1)
-    means = torch.stack([train_features[labels == index].mean(dim=0) for index in range(len(saved.classes))])
-    means = torch.nn.functional.normalize(means, dim=1)
-
-    def scores(sources: list[Source]) -> np.ndarray:
-        return (features(sources) @ means.T).max(dim=1).values.numpy()
-
-    return scores, unknown_threshold(scores(split_files(val_dir)))
+def reasons(predictor: Predictor, sources: list[Source]) -> list[tuple[str, ...]]:
+    """The scores that flag each image (none: it is taken for one of the classes)."""
+    return [prediction.unknown_reason for prediction in predict_files(predictor, sources, "none", 32, "unknown")]
 
 
 def main() -> None:
@@ -156,9 +113,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/model.pt"))
     parser.add_argument("--split", type=Path, default=Path("data/split"), help="the split stage's output folder")
     parser.add_argument("--folder", type=Path, action="append", default=[], help="a folder of photos of the classes")
-    parser.add_argument("--class-means", action="store_true", help="also score by distance to the class means")
     args = parser.parse_args()
 
+    predictor = load_predictor(args.model)
+    if not predictor.unknown_scores:
+        raise SystemExit(f"error: {PREDATES}")
     of_the_classes = {f"{args.split}/{name}": split_files(args.split / name) for name in ("val", "test")}
     for folder in args.folder:
         of_the_classes[str(folder)] = [path for path, _ in files_to_predict([folder])[0]]
@@ -168,26 +127,18 @@ def main() -> None:
         "sklearn": sklearn_pictures(),
         "generated": generated_pictures(),
     }
-
-    scores, threshold = max_softmax_scores(args.model)
-    if threshold is None:  # a model trained before the threshold existed: choose it here as the train stage would
-        threshold = unknown_threshold(scores(of_the_classes[f"{args.split}/val"]))
-    methods = {"max_softmax": (scores, threshold)}
-    if args.class_means:
-        methods["class_means"] = class_mean_scores(args.model, args.split / "train", args.split / "val")
-    for method, (scores, threshold) in methods.items():
-        report = {"method": method, "threshold": round(threshold, 6)}
-        for name, sources in of_the_classes.items():
-            flagged = [is_unknown(float(score), threshold) for score in scores(sources)]
-            print(json.dumps(report | {"set": name, "images": len(sources), "unknown": sum(flagged)}))
-        caught = {}
-        for group, pictures in others.items():
-            flagged = []
-            for name, score in zip(pictures, scores(list(pictures.values())), strict=True):
-                flagged.append(is_unknown(float(score), threshold))
-                print(json.dumps(report | {"image": name, "score": round(float(score), 4), "unknown": flagged[-1]}))
-            caught[group] = f"{sum(flagged)}/{len(flagged)}"
-        print(json.dumps(report | {"non_animal_caught": caught}))
+    report = {"model": str(args.model), "thresholds": predictor.unknown_thresholds}
+    for name, sources in of_the_classes.items():
+        found = reasons(predictor, sources)
+        by_score = {score: sum(score in reason for reason in found) for score in predictor.unknown_scores}
+        print(json.dumps({"set": name, "images": len(sources), "unknown": sum(map(bool, found)), "by_score": by_score}))
+    caught = {}
+    for group, pictures in others.items():
+        found = reasons(predictor, list(pictures.values()))
+        for name, reason in zip(pictures, found, strict=True):
+            print(json.dumps({"image": name, "unknown": bool(reason), "unknown_reason": list(reason)}))
+        caught[group] = f"{sum(map(bool, found))}/{len(found)}"
+    print(json.dumps(report | {"non_animal_caught": caught}))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from imageclf.core.config import load
 from imageclf.core.device import CPU
@@ -137,10 +137,16 @@ def train_on_sample(root: Path) -> SampleModel:
 
 
 def none_of_the_classes() -> dict[str, bytes]:
-    """PNG images that are no cat, dog or horse: a plain grey square and uniform noise."""
+    """PNG images far from any cat, dog or horse: plain grey and red squares, uniform noise and rendered text."""
+    text = Image.new("RGB", (160, 120), "white")
+    draw = ImageDraw.Draw(text)
+    for line in range(4):
+        draw.text((6, 6 + 28 * line), "cat dog horse 123", fill="black", font=ImageFont.load_default(size=16))
     images = {
         "grey.png": Image.new("RGB", (128, 128), (128, 128, 128)),
+        "red.png": Image.new("RGB", (128, 96), (220, 20, 20)),
         "noise.png": Image.fromarray(np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)),
+        "text.png": text,
     }
     encoded = {}
     for name, image in images.items():

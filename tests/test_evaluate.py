@@ -18,7 +18,7 @@ from imageclf.core.errors import UserError
 from imageclf.data.manifest import read_manifest
 from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
-from imageclf.evaluation.evaluate import class_probabilities, evaluate, score_test_images
+from imageclf.evaluation.evaluate import evaluate, reasons_of, score_test_images, scored_test_split
 from imageclf.evaluation.metrics import confusion_matrices
 from imageclf.evaluation.params import EvaluateParams
 from imageclf.evaluation.reports import confusion_figure
@@ -41,12 +41,19 @@ SCORES_KEYS = {
     "per_class",
     "misses",
 }
-UNKNOWN_KEYS = {"unknown_threshold", "unknown", "unknown_share", "accepted_accuracy"}
+UNKNOWN_KEYS = {
+    "unknown_thresholds",
+    "unknown_note",
+    "unknown",
+    "unknown_share",
+    "unknown_by_score",
+    "accepted_accuracy",
+}
 
 
 def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reproduced_project: Path) -> None:
     metrics = json.loads((reproduced_project / "metrics/details/evaluate.json").read_text())
-    assert set(metrics) == SCORES_KEYS | UNKNOWN_KEYS
+    assert set(metrics) == SCORES_KEYS | UNKNOWN_KEYS | {"unknown_photos"}, "no ood without evaluate.ood_images"
     assert metrics["images"] == 3 and set(metrics["per_class"]) == set(CLASSES)
     for row in metrics["per_class"].values():
         assert set(row) == {"precision", "recall", "f1", "support", "average_precision"} and row["support"] == 1
@@ -57,15 +64,13 @@ def test_metrics_json_holds_accuracy_per_class_scores_averages_and_misses(reprod
         path for path, actual, guess, _, _ in rows if actual != guess
     )
     train = json.loads((reproduced_project / "metrics/details/train.json").read_text())
-    assert metrics["unknown_threshold"] == train["unknown_threshold"]
+    assert metrics["unknown_thresholds"] == train["unknown"]["thresholds"]
     flagged = [unknown == "True" for *_, unknown in rows]
     assert metrics["unknown"] == sum(flagged) and metrics["unknown_share"] == sum(flagged) / 3
-    for (*_, confidence, _), out in zip(rows, flagged, strict=True):  # confidence is rounded to 4 decimals
-        assert (
-            float(confidence) <= train["unknown_threshold"] + 5e-5
-            if out
-            else float(confidence) >= train["unknown_threshold"] - 5e-5
-        )
+    assert [photo["path"] for photo in metrics["unknown_photos"]] == [
+        path for (path, *_), out in zip(rows, flagged, strict=True) if out
+    ]
+    assert all(photo["unknown_reason"] for photo in metrics["unknown_photos"])
     accepted = [actual == guess for (_, actual, guess, _, _), out in zip(rows, flagged, strict=True) if not out]
     assert metrics["accepted_accuracy"] == (sum(accepted) / len(accepted) if accepted else None)
     assert json.loads((reproduced_project / "metrics/test_images.json").read_text()) == {}
@@ -97,24 +102,26 @@ def test_dvc_plots_show_finds_every_declared_plot_with_its_fields(reproduced_pro
             assert image.format == "PNG" and min(image.size) >= 100
 
 
-def test_test_features_come_from_the_cache_and_score_as_the_model_file_predicts(
+def test_test_features_come_from_the_cache_and_score_and_flag_as_the_model_file_predicts(
     sample_model: SampleModel, capsys: pytest.CaptureFixture
 ) -> None:
-    """A model that carries its backbone graph is scored on cached test features (only its head runs after a head
-    change), and the probabilities are those `imageclf predict` gives with the whole model."""
+    """A model that carries its backbone graph is scored on cached test features (only its head and detector run
+    after a change to them), and the probabilities, scores and flags are those `imageclf predict` gives with the
+    whole model."""
     config = load(EvaluateParams, PROJECT / "params.yaml")
     test_dir = sample_model.split / "test"
     images = [test_dir / record.path for record in read_manifest(test_dir)]
     model = load_predictor(sample_model.path)
-    predicted = np.stack([row.probabilities for row in predict_files(model, images, "none", 8)])
-    for run in ("first", "second"):
-        probabilities = class_probabilities(model, sample_model.path, test_dir, config)
-        reused = len(images) if run == "second" else 0
-        assert f"features of test: {reused} images from the cache, {len(images) - reused} computed" in (
-            capsys.readouterr().out
-        )
-        np.testing.assert_allclose(probabilities, predicted, atol=1e-5)
-        assert (probabilities.argmax(axis=1) == predicted.argmax(axis=1)).all()
+    predicted = list(predict_files(model, images, "none", 8))
+    for run in ("first", "second"):  # the first computes what no earlier test put in the cache
+        scored = scored_test_split(model, sample_model.path, test_dir, config)
+        if run == "second":
+            assert f"features of test: {len(images)} images from the cache, 0 computed" in capsys.readouterr().out
+        np.testing.assert_allclose(scored.probabilities, [row.probabilities for row in predicted], atol=1e-5)
+        assert (scored.probabilities.argmax(axis=1) == np.argmax([row.probabilities for row in predicted], 1)).all()
+        scores = [[row.unknown_scores[name] for name in model.unknown_scores] for row in predicted]
+        np.testing.assert_allclose(scored.scores, scores, atol=1e-5)
+        assert reasons_of(model.unknown_scores, scored.flags) == [row.unknown_reason for row in predicted]
 
 
 def test_an_unreadable_test_photo_stops_evaluate_with_one_line(sample_model: SampleModel, tmp_path: Path) -> None:
@@ -130,7 +137,7 @@ def test_an_unreadable_test_photo_stops_evaluate_with_one_line(sample_model: Sam
     assert result.stderr.splitlines()[-1].endswith("rebuild their folders with dvc repro --force")
     with_flip = dataclasses.replace(load(EvaluateParams, PROJECT / "params.yaml"), tta="flip")
     with pytest.raises(UserError) as raised:  # test-time views: the model runs on the photos, not on cached features
-        class_probabilities(load_predictor(sample_model.path), sample_model.path, test_dir, with_flip)
+        scored_test_split(load_predictor(sample_model.path), sample_model.path, test_dir, with_flip)
     assert f"error: {raised.value}" == result.stderr.splitlines()[-1]
 
 
@@ -142,7 +149,7 @@ def test_report_links_the_pictures_and_lists_metrics_and_params(reproduced_proje
     metrics = json.loads((reproduced_project / "metrics/details/evaluate.json").read_text())
     assert f"Accuracy: **{100 * metrics['accuracy']:.2f} %** on 3 images." in report
     assert (
-        f"Unknown (top probability under {metrics['unknown_threshold']:.3f}, the threshold chosen on val): "
+        "Unknown (a score under its threshold chosen on val: knn, imagenet): "
         f"**{metrics['unknown']}** of 3 images" in report
     )
     for label in CLASSES:
@@ -170,8 +177,8 @@ def test_a_labelled_folder_is_scored_and_only_evaluate_reruns(reproduced_project
     for miss in scored["misses"]:
         assert Path(miss["path"]).parent.name == miss["true"] != miss["predicted"]
     metrics = json.loads((project / "metrics/details/evaluate.json").read_text())
-    assert set(scored) == set(metrics) == SCORES_KEYS | UNKNOWN_KEYS, "the test split and the folder share a schema"
-    assert scored["unknown_threshold"] == metrics["unknown_threshold"]
+    assert set(scored) == SCORES_KEYS | UNKNOWN_KEYS == set(metrics) - {"unknown_photos"}, "the schema is shared"
+    assert scored["unknown_thresholds"] == metrics["unknown_thresholds"]
     assert set(scored["per_class"]["cat"]) == set(metrics["per_class"]["cat"])
     assert set(scored["macro_avg"]) == set(metrics["macro_avg"]) == set(scored["weighted_avg"])
     assert f"## Metrics on the labelled folder `{photos}`" in (project / "metrics/report.md").read_text()
@@ -243,6 +250,7 @@ def write_evaluate_params(tmp_path: Path, **values: object) -> Path:
         ({"gallery_size": -1}, "'evaluate.gallery_size' is -1; it must be 0 or more"),
         ({"test_images": None}, "'evaluate.test_images' must be str, got None"),
         ({"batch_size": 0}, "'evaluate.batch_size' is 0; it must be 1 or more"),
+        ({"ood_images": "no_such_folder"}, "'evaluate.ood_images' is 'no_such_folder'; not a folder: give a folder"),
     ],
 )
 def test_bad_evaluate_params_are_named(tmp_path: Path, values: dict, message: str) -> None:

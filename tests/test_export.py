@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from imageclf.apps.export import CALIBRATION_BATCH_SIZE, calibration_batches, export_command
+from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.backbone.runtimes import onnx_model, onnxruntime_function
 from imageclf.core.config import load
 from imageclf.core.errors import UserError
@@ -27,12 +28,14 @@ from imageclf.data.images import open_rgb
 from imageclf.data.manifest import Record, content_digest, write_manifest
 from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
-from imageclf.inference.predictor import load_predictor
+from imageclf.inference.photos import predict_files
+from imageclf.inference.predictor import load_predictor, torch_predictor
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import create_model
 from imageclf.models.model_file import SavedModel, load_model, save_model
+from imageclf.models.unknown import REASONS
 from imageclf.training.train import train_from_params
-from tests.helpers import CLASSES, PROJECT, SampleModel, train_config
+from tests.helpers import CLASSES, PROJECT, SampleModel, none_of_the_classes, train_config
 
 IMAGE_SIZE = 128
 SAMPLE = sorted((PROJECT / "data/sample").rglob("*.jpg"))
@@ -77,7 +80,7 @@ def pytorch_probabilities(model_path: Path) -> np.ndarray:
 def exported_probabilities(path: Path) -> np.ndarray:
     predictor = load_predictor(path)
     batch = np.stack([predictor.preprocessing(open_rgb(image, min_side=IMAGE_SIZE)) for image in SAMPLE])
-    return predictor.probabilities(batch)
+    return predictor.predict(batch).probabilities
 
 
 def export(model_file: Path, output: Path, format_name: str, precision: str = "fp32", softmax: bool = False) -> Path:
@@ -129,17 +132,85 @@ def test_int8_exports_keep_pytorchs_labels_and_the_same_seed_gives_the_same_file
     assert embedded_metadata(first)["precision"] == "int8"
 
 
-@pytest.mark.parametrize(("format_name", "suffix"), [("onnx", ".onnx"), ("openvino", ".xml")])
-def test_exports_carry_the_unknown_threshold_and_predict_with_it(
-    sample_model: SampleModel, model_file: Path, tmp_path: Path, format_name: str, suffix: str
+def photo_files(folder: Path) -> list[Path]:
+    """The sample's photos and images far from every class (plain colours, noise, text) as files."""
+    folder.mkdir(exist_ok=True)
+    for name, content in none_of_the_classes().items():
+        (folder / name).write_bytes(content)
+    return [*SAMPLE, *sorted(folder.glob("*.png"))]
+
+
+def flagged(predictor_path: Path, photos: list[Path]) -> list[tuple[str, ...]]:
+    return [
+        prediction.unknown_reason for prediction in predict_files(load_predictor(predictor_path), photos, "none", 32)
+    ]
+
+
+@pytest.mark.slow
+def test_the_onnx_export_flags_exactly_the_photos_the_model_file_flags_and_names_its_scores(
+    sample_model: SampleModel, tmp_path: Path
 ) -> None:
-    threshold = sample_model.details["unknown_threshold"]
-    exported = export(sample_model.path, tmp_path / f"model{suffix}", format_name)
-    assert embedded_metadata(exported)["unknown_threshold"] == threshold
-    assert load_predictor(exported).unknown_threshold == threshold
-    assert load_predictor(sample_model.path).unknown_threshold == threshold, "model.pt, through its cached ONNX"
-    without = export(model_file, tmp_path / f"without{suffix}", format_name)
-    assert embedded_metadata(without)["unknown_threshold"] is None and load_predictor(without).unknown_threshold is None
+    """The default model (its int8 backbone graph): the export flags what NumPy's detector flags on that graph's
+    features, as evaluate computes them, on real photos and far images; its metadata names the scores, thresholds
+    and reasons."""
+    exported = export(sample_model.path, tmp_path / "model.onnx", "onnx", precision="int8", softmax=True)
+    photos = photo_files(tmp_path / "far")
+    saved = load_model(sample_model.path)
+    dataset = ImageDataset(photos, [0] * len(photos), [str(path) for path in photos], saved.preprocessing)
+    frozen = FrozenBackbone.of_graph(saved.architecture, saved.backbone_onnx, "int8", saved.preprocessing)
+    expected = saved.unknown.flags(frozen.features(dataset, "photos").dataset.tensors[0].numpy()).reasons
+    assert flagged(exported, photos) == expected == flagged(sample_model.path, photos)
+    assert all(expected[-4:]) and sum(map(bool, expected[:-4])) <= 3, "the far images, few of the sample's photos"
+    unknown = embedded_metadata(exported)["unknown"]
+    assert unknown["scores"] == ["knn", "imagenet"] and unknown["thresholds"] == saved.unknown.thresholds
+    assert unknown["reasons"] == {name: REASONS[name] for name in unknown["scores"]}
+    session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    assert [output.name for output in session.get_outputs()] == [
+        "probabilities",
+        "features",
+        "unknown",
+        "unknown_flags",
+        "unknown_score_knn",
+        "unknown_score_imagenet",
+    ]
+
+
+@pytest.fixture(scope="module")
+def torch_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/model.pt trained on PyTorch features (no backbone graph to carry): exported through torch, its graph
+    given the features as a second output."""
+    root = tmp_path_factory.mktemp("torch")
+    make_split(PROJECT / "data/sample", CLASSES, 64, 0.2, 0.2, 0, root / "data/split")
+    data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=64)
+    train = train_config(epochs=20, lr=0.01, backbone_runtime="torch", backbone_precision="fp32")
+    saved, _ = train_from_params(data, train, root / "data/split/train", root / "data/split/val")
+    save_model(root / "models/model.pt", saved)
+    return root / "models/model.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("format_name", "suffix"), [("onnx", ".onnx"), ("openvino", ".xml")])
+def test_an_fp32_export_through_torch_flags_exactly_the_photos_pytorch_flags(
+    torch_model_file: Path, tmp_path: Path, format_name: str, suffix: str
+) -> None:
+    exported = export(torch_model_file, tmp_path / f"model{suffix}", format_name)
+    photos = photo_files(tmp_path / "far")
+    expected = [
+        prediction.unknown_reason for prediction in predict_files(torch_predictor(torch_model_file), photos, "none", 32)
+    ]
+    assert flagged(exported, photos) == expected
+    assert all(expected[-4:]), "the far images"
+    assert embedded_metadata(exported)["unknown"]["thresholds"] == load_model(torch_model_file).unknown.thresholds
+
+
+@pytest.mark.slow
+def test_an_export_of_a_model_file_without_a_detector_flags_no_photo_and_says_so(
+    model_file: Path, tmp_path: Path
+) -> None:
+    exported = export(model_file, tmp_path / "model.onnx", "onnx")
+    assert embedded_metadata(exported)["unknown"] is None
+    predictor = load_predictor(exported)
+    assert predictor.unknown_scores == () and not any(flagged(exported, SAMPLE[:4]))
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -195,7 +266,9 @@ def test_a_damaged_or_foreign_export_is_one_line_naming_it(model_file: Path, tmp
     }
     for path, message in expected.items():
         result = subprocess.run(
-            ["imageclf", "predict", str(SAMPLE[0]), "--model", str(path)], capture_output=True, text=True
+            [sys.executable, "-m", "imageclf", "predict", str(SAMPLE[0]), "--model", str(path)],
+            capture_output=True,
+            text=True,
         )
         assert result.returncode == 1
         assert result.stderr.count("\n") == 1 and result.stderr.startswith(f"error: '{path}' {message}"), result.stderr
@@ -233,6 +306,8 @@ def test_an_interrupted_export_leaves_nothing_in_the_target_folder(model_file: P
     target = tmp_path / "exports"
     target.mkdir()
     command = [
+        sys.executable,
+        "-m",
         "imageclf",
         "export",
         "--model",
@@ -300,7 +375,7 @@ def test_a_transfer_model_predicts_with_the_backbone_graph_its_head_was_trained_
         fp32 = saved.classifier(torch.from_numpy(batch)).softmax(dim=1).numpy()
         int8_features = torch.from_numpy(onnxruntime_function(saved.backbone_onnx, 1)(batch))
         trained_on = saved.classifier.head(int8_features).softmax(dim=1).numpy()
-    predicted = load_predictor(int8_model_file).probabilities(batch)
+    predicted = load_predictor(int8_model_file).predict(batch).probabilities
     np.testing.assert_allclose(predicted, trained_on, atol=1e-5)
     assert np.abs(predicted - fp32).max() > 100 * np.abs(predicted - trained_on).max()
 
@@ -315,4 +390,4 @@ def test_export_defaults_to_the_carried_graph_and_needs_no_calibration_images(
     images = sorted((int8_model_file.parent.parent / "data/split/test").rglob("*.jpg"))
     exported, model_pt = load_predictor(output), load_predictor(int8_model_file)
     batch = np.stack([exported.preprocessing(open_rgb(path, min_side=64)) for path in images])
-    np.testing.assert_array_equal(exported.probabilities(batch), model_pt.probabilities(batch))
+    np.testing.assert_array_equal(exported.predict(batch).probabilities, model_pt.predict(batch).probabilities)

@@ -6,6 +6,7 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -15,12 +16,14 @@ from torch import nn
 
 from imageclf.core.errors import UserError
 from imageclf.data.datasets import ImageDataset
+from imageclf.data.images import open_rgb
 from imageclf.data.splitting import make_split
 from imageclf.inference.photos import labelled_result, predict_files
 from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import MODELS, PackagedWeights, preprocessing_for
 from imageclf.models.classifier import create_model
 from imageclf.models.model_file import SavedModel, load_model, save_model
+from imageclf.models.unknown import UnknownDetector
 from imageclf.training.modes import MODES
 from tests.helpers import CLASSES, PROJECT, make_image_folder, train_classifier, train_config
 
@@ -99,20 +102,33 @@ def test_model_file_round_trip_and_refusals(tmp_path: Path) -> None:
         load_model(tmp_path / "other.pt")
 
 
-def test_the_unknown_threshold_round_trips_and_an_older_file_without_it_never_says_unknown(tmp_path: Path) -> None:
+def test_the_detector_round_trips_and_an_older_file_without_it_flags_no_photo(tmp_path: Path) -> None:
     model = create_model("efficientnet_lite0", 3, 32, pretrained=False).eval()
-    saved = SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing_for("efficientnet_lite0", 32), 0.999)
-    save_model(tmp_path / "model.pt", saved)
-    assert load_model(tmp_path / "model.pt").unknown_threshold == 0.999
-    older = torch.load(tmp_path / "model.pt", weights_only=True)
-    del older["unknown_threshold"]  # as the train stage wrote it before the threshold existed
-    torch.save(older, tmp_path / "older.pt")
-    assert load_model(tmp_path / "older.pt").unknown_threshold is None
+    preprocessing = preprocessing_for("efficientnet_lite0", 32)
+    images = sorted(make_image_folder(tmp_path / "photos", per_class=6).rglob("*.jpg"))
     Image.new("RGB", (32, 32), (128, 128, 128)).save(tmp_path / "grey.png")
-    for path, unknown in (("model.pt", True), ("older.pt", False)):  # an untrained head is never 99.9 % sure
-        predictor = load_predictor(tmp_path / path)
-        (prediction,) = predict_files(predictor, [tmp_path / "grey.png"], "none", 1)
-        assert labelled_result(prediction, tmp_path, CLASSES, predictor.unknown_threshold).unknown is unknown
+    photos = [*images, tmp_path / "grey.png"]
+    with torch.inference_mode():
+        batch = torch.from_numpy(np.stack([preprocessing(open_rgb(path)) for path in photos]))
+        features = model.backbone(batch).numpy()
+    labels = np.array([CLASSES.index(path.parent.name) for path in images])
+    detector = UnknownDetector.fit(features[:-1:2], labels[::2], CLASSES, features[1:-1:2])
+    save_model(tmp_path / "model.pt", SavedModel(model, "efficientnet_lite0", CLASSES, preprocessing, unknown=detector))
+    loaded = load_model(tmp_path / "model.pt").unknown
+    assert loaded.thresholds == detector.thresholds and np.array_equal(loaded.bank, detector.bank)
+    older = torch.load(tmp_path / "model.pt", weights_only=True)
+    del older["unknown"]  # as the train stage wrote it before the detector existed, with a threshold of its own
+    torch.save(older | {"unknown_threshold": 0.999}, tmp_path / "older.pt")
+    assert load_model(tmp_path / "older.pt").unknown is None
+
+    predictor = load_predictor(tmp_path / "model.pt")  # its compiled ONNX graph, the detector's nodes included
+    assert predictor.unknown_scores == ("knn",) and predictor.unknown_thresholds == detector.thresholds
+    predictions = list(predict_files(predictor, photos, "none", 4))
+    assert [prediction.unknown_reason for prediction in predictions] == detector.flags(features).reasons
+    older_predictor = load_predictor(tmp_path / "older.pt")
+    assert older_predictor.unknown_scores == ()
+    for prediction in predict_files(older_predictor, photos, "none", 4):
+        assert not labelled_result(prediction, tmp_path, CLASSES).unknown and prediction.unknown_scores == {}
 
 
 def whole_architecture_weights(name: str, image_size: int, path: Path) -> dict[str, torch.Tensor]:

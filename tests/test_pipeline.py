@@ -27,7 +27,9 @@ def test_repro_writes_every_output(reproduced_project: Path) -> None:
     assert train["epochs"] == 2 and 1 <= train["best_epoch"] <= 2
     headline = json.loads((project / "metrics/train.json").read_text())
     assert headline == {"epochs": 2, "val_loss": train["best"]["val_loss"]}
-    assert 0 < train["unknown_threshold"] <= 1 and train["val_unknown_share"] == 0.0, "at most 1 % of 3 val photos"
+    assert train["unknown"]["scores"] == ["knn", "imagenet"] and train["unknown"]["val_flagged"] == 0.0, (
+        "of 3 val photos"
+    )
     for epoch in ("best", "last"):
         assert set(train[epoch]) == {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"}
     history = (project / "metrics/train_history.csv").read_text().splitlines()

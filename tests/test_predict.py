@@ -2,8 +2,10 @@
 
 import json
 import math
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +20,11 @@ from imageclf.data.manifest import read_manifest
 from imageclf.data.views import TTA
 from imageclf.evaluation.evaluate import load_model_for
 from imageclf.inference.photos import ViewTransform, label_from_path, predict_files
-from imageclf.inference.predictor import Predictor, torch_predictor
+from imageclf.inference.predictor import PREDATES, Predictor, torch_predictor
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import create_model
 from imageclf.models.model_file import SavedModel, load_model, save_model
+from imageclf.models.unknown import REASONS
 from tests.helpers import (
     CLASS_COLOURS,
     CLASSES,
@@ -73,7 +76,11 @@ def colour_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(["imageclf", *args], cwd=cwd, capture_output=True, text=True)
+    """This checkout's `imageclf ARGS` (the installed script may belong to another one) in the folder `cwd`."""
+    environment = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.run(
+        [sys.executable, "-m", "imageclf", *args], cwd=cwd, capture_output=True, text=True, env=environment
+    )
 
 
 def noisy(label: str, rng: np.random.Generator) -> Image.Image:
@@ -118,10 +125,10 @@ def test_every_mode_is_predicted_by_its_colour_and_json_probabilities_sum_to_one
     rows = json.loads(result.stdout)
     assert sorted(Path(row["path"]).name for row in rows) == sorted(shown)
     for row in rows:
-        assert set(row) == {"path", "label", "unknown", "confidence", "probabilities"}
+        assert set(row) == {"path", "label", "unknown", "unknown_reason", "confidence", "probabilities"}
         assert list(row["probabilities"]) == COLOUR_CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
         assert row["confidence"] == max(row["probabilities"].values())
-    # the top class: a photo under the threshold (6 val photos set it) is unknown but keeps its probabilities
+    # the top class: a photo the detector flags is unknown but keeps its probabilities
     labels = {Path(row["path"]).name: max(row["probabilities"], key=row["probabilities"].get) for row in rows}
     assert {name: labels[name] for name, label in shown.items() if label} == {
         name: label for name, label in shown.items() if label
@@ -151,6 +158,7 @@ def test_table_shows_top_k_and_a_corrupt_file_gives_one_error(tmp_path: Path, al
     result = run("predict", "photos", "empty", "--model", str(always_cat), "--top-k", "2", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
+        f"note: {PREDATES}",
         "error: 'empty' holds no image files (.jpg, .png, .webp, .bmp, ...)",
         "error: cannot read 'photos/dog/broken.jpg': "
         "UnidentifiedImageError: cannot identify image file 'photos/dog/broken.jpg'",
@@ -191,13 +199,14 @@ def test_accuracy_from_file_names_with_json_on_stderr(tmp_path: Path, always_cat
     assert result.returncode == 0, result.stderr
     assert len(json.loads(result.stdout)) == 5
     assert result.stderr.splitlines() == [
+        f"note: {PREDATES}",  # once: the model file was saved without a detector, as before it existed
         "accuracy: 50.0% (2/4 labelled images; 1 without a label not counted)",
         f"miss: photos/dog_multiple.jpg  true dog, predicted cat ({CAT_CONFIDENCE:.3f})",
         f"miss: photos/horse_up.jpg  true horse, predicted cat ({CAT_CONFIDENCE:.3f})",
     ]
 
 
-def test_an_image_of_none_of_the_classes_is_unknown_with_its_scores_kept(
+def test_an_image_of_none_of_the_classes_is_unknown_with_its_reason_and_scores_kept(
     tmp_path: Path, sample_model: SampleModel
 ) -> None:
     photos = tmp_path / "photos"
@@ -205,27 +214,28 @@ def test_an_image_of_none_of_the_classes_is_unknown_with_its_scores_kept(
     for name, content in none_of_the_classes().items():
         (photos / name).write_bytes(content)
     trained_on = [sample_model.split / "train" / record.path for record in read_manifest(sample_model.split / "train")]
-    for label in CLASSES:  # photos it learned: confidently one of the classes
+    for label in CLASSES:  # photos it learned: one of the classes
         shutil.copy(next(path for path in trained_on if path.parent.name == label), photos / f"{label}_photo.jpg")
-    threshold = sample_model.details["unknown_threshold"]
 
     result = run("predict", "photos", "--model", str(sample_model.path), "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = {Path(row["path"]).name: row for row in json.loads(result.stdout)}
     for name in none_of_the_classes():
         row = rows.pop(name)
-        assert set(row) == {"path", "label", "unknown", "confidence", "probabilities"}
-        assert row["label"] is None and row["unknown"] is True and row["confidence"] < threshold
+        assert set(row) == {"path", "label", "unknown", "unknown_reason", "confidence", "probabilities"}
+        assert row["label"] is None and row["unknown"] is True and "knn" in row["unknown_reason"]
         assert list(row["probabilities"]) == CLASSES and sum(row["probabilities"].values()) == pytest.approx(1)
         assert row["confidence"] == max(row["probabilities"].values())
-    assert {name: (row["label"], row["unknown"]) for name, row in rows.items()} == {
-        f"{label}_photo.jpg": (label, False) for label in CLASSES
+    assert {name: (row["label"], row["unknown"], row["unknown_reason"]) for name, row in rows.items()} == {
+        f"{label}_photo.jpg": (label, False, []) for label in CLASSES
     }
-    assert result.stderr.splitlines()[0] == (
-        f"unknown: 2 of 5 images are none of cat, dog, horse (top probability under {threshold:.3f})"
+    assert not result.stderr.startswith("note:"), "a model with the scores predates nothing"
+    assert result.stderr.splitlines()[0].startswith(
+        "unknown: 4 of 7 images are none of cat, dog, horse (far from every training photo (feature distance): 4"
     )
     table = run("predict", "photos/noise.png", "--model", str(sample_model.path), cwd=tmp_path).stdout.splitlines()
     assert table[1].split()[:2] == ["photos/noise.png", "unknown"]
+    assert table[1].endswith(f"({REASONS['knn']})") or f"({REASONS['knn']}; " in table[1], "the reason in words"
 
 
 def test_labels_come_from_the_name_prefix_or_a_class_folder_below_the_target(tmp_path: Path) -> None:
@@ -313,6 +323,6 @@ def test_flip_averages_the_photo_and_its_mirror_image(tmp_path: Path) -> None:
     (flipped,) = predict_files(predictor, [photo], "flip", batch_size=1)
     image = open_rgb(photo, min_side=32)
     views = [predictor.preprocessing(view) for view in (image, image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
-    alone, mirrored = predictor.probabilities(np.stack(views))
+    alone, mirrored = predictor.predict(np.stack(views)).probabilities
     assert np.abs(alone - mirrored).max() > 1e-3, "the test needs a photo whose mirror image scores differently"
     np.testing.assert_allclose(flipped.probabilities, (alone + mirrored) / 2, rtol=0, atol=1e-6)

@@ -1,5 +1,6 @@
 """`imageclf serve`: the JSON API of a real server process on a free port, its limits, concurrency and start-up."""
 
+import base64
 import io
 import json
 import shutil
@@ -142,7 +143,7 @@ def test_predict_returns_the_objects_imageclf_predict_json_prints(tmp_path: Path
     assert len({entry["confidence"] for entry in response.json()}) == 3, "each photo is predicted, not one of them"
 
 
-def test_an_image_of_none_of_the_classes_is_unknown_as_imageclf_predict_says(
+def test_an_image_of_none_of_the_classes_is_unknown_as_imageclf_predict_says_with_a_heatmap_when_asked(
     tmp_path: Path, sample_model: SampleModel
 ) -> None:
     uploads = none_of_the_classes()
@@ -152,17 +153,27 @@ def test_an_image_of_none_of_the_classes_is_unknown_as_imageclf_predict_says(
         (tmp_path / name).write_bytes(content)
     with running_server(sample_model.path) as address:
         response = post(address, list(uploads.items()))
+        with_heatmaps = requests.post(
+            f"{address}/predict?heatmap=1", files=[("files", file) for file in uploads.items()], timeout=120
+        )
         info = requests.get(f"{address}/info", timeout=30).json()
         page = requests.get(address, timeout=30).text
     assert response.status_code == 200, response.text
-    assert [(entry["label"], entry["unknown"]) for entry in response.json()] == [
-        (None, True),
-        (None, True),
-        (trained_on.parent.name, False),
-    ]
+    assert [(entry["label"], entry["unknown"], "knn" in entry["unknown_reason"]) for entry in response.json()] == [
+        (None, True, True)
+    ] * 4 + [(trained_on.parent.name, False, False)]
     assert_same_predictions(response.json(), predicted_json([tmp_path / name for name in uploads], sample_model.path))
-    assert info["unknown_threshold"] == sample_model.details["unknown_threshold"]
-    assert "none of these" in page and "result.unknown" in page
+    assert not any("heatmap" in entry for entry in response.json()), "only when asked: predict stays fast"
+    assert info["unknown"]["scores"] == ["knn", "imagenet"] and info["heatmap"] is True
+    assert "none of these" in page and "result.unknown" in page and "heatmap=1" in page
+
+    assert with_heatmaps.status_code == 200, with_heatmaps.text
+    for entry, plain in zip(with_heatmaps.json(), response.json(), strict=True):
+        assert {key: value for key, value in entry.items() if key != "heatmap"} == plain
+        prefix, encoded = entry["heatmap"].split(",", 1)
+        assert prefix == "data:image/png;base64"
+        with Image.open(io.BytesIO(base64.b64decode(encoded))) as picture:
+            assert picture.format == "PNG" and picture.size == (128, 128), "the photo as the model saw it"
 
 
 def test_refused_files_get_a_4xx_and_one_line_each_and_the_others_are_still_predicted(server: str) -> None:

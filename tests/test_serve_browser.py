@@ -71,7 +71,8 @@ def test_the_page_shows_the_test_metrics_and_the_confusion_matrix(server: str, b
     WebDriverWait(browser, 30).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, "#metrics table"))
     metrics = json.loads((METRICS / "details/evaluate.json").read_text())
     accuracy = browser.find_element(By.CSS_SELECTOR, "#metrics p").text
-    assert accuracy == f"accuracy {100 * metrics['accuracy']:.1f} % on {metrics['images']} test photos"
+    unknown = f"; {metrics['unknown']} of them called none of these" if metrics["unknown"] else ""
+    assert accuracy == f"accuracy {100 * metrics['accuracy']:.1f} % on {metrics['images']} test photos{unknown}"
     rows = [row.text for row in browser.find_elements(By.CSS_SELECTOR, "#metrics tr")]
     assert rows[1:] == [
         f"{label} {100 * s['precision']:.1f} % {100 * s['recall']:.1f} % {100 * s['f1']:.1f} % {s['support']}"
@@ -83,17 +84,24 @@ def test_the_page_shows_the_test_metrics_and_the_confusion_matrix(server: str, b
     assert "cat, dog, horse" in browser.find_element(By.ID, "about").text
 
 
-def test_an_image_of_none_of_the_classes_says_none_of_these_above_its_bars(
+def test_an_image_of_none_of_the_classes_says_none_of_these_and_why_above_its_bars_and_heatmap(
     tmp_path: Path, sample_model: SampleModel, browser: webdriver.Chrome
 ) -> None:
     noise = tmp_path / "noise.png"
     noise.write_bytes(none_of_the_classes()["noise.png"])
     with running_server(sample_model.path) as address:
         browser.get(address)
+        WebDriverWait(browser, 30).until(lambda driver: driver.execute_script("return info !== null"))
         browser.find_element(By.ID, "files").send_keys(str(noise))
         label = WebDriverWait(browser, 60).until(lambda driver: driver.find_element(By.CSS_SELECTOR, ".result .label"))
         assert label.text == "none of these"
+        assert browser.find_element(By.CSS_SELECTOR, ".result .reason").text.startswith(
+            "why: far from every training photo (feature distance)"
+        )
         assert len(browser.find_elements(By.CSS_SELECTOR, ".result .bar")) == 3, "the class scores are kept"
+        heatmap = browser.find_element(By.CSS_SELECTOR, ".result .heatmap img")  # the page asks the server for it
+        WebDriverWait(browser, 30).until(lambda _: heatmap.get_property("naturalWidth") == 128)
+        assert heatmap.get_attribute("src").startswith("data:image/png;base64,")
 
 
 def drop_generated_photos(browser: webdriver.Chrome, count: int) -> None:
@@ -142,7 +150,7 @@ FLAGGED = {
     "path": "fox.jpg",
     "label": None,
     "unknown": True,
-    "unknown_reason": "knn",
+    "unknown_reason": ["knn"],
     "confidence": 0.5,
     "probabilities": {"cat": 0.3, "dog": 0.5, "horse": 0.2},
 }
@@ -192,14 +200,15 @@ def test_the_page_speaks_the_browsers_language_and_the_toggle_switches_it(server
         japanese.quit()
 
 
-def test_an_english_browser_gets_english_and_a_flag_without_a_named_score_reads_as_max_softmax(
+def test_an_english_browser_gets_english_and_a_photo_flagged_by_two_scores_reads_both(
     server: str, browser: webdriver.Chrome
 ) -> None:
     browser.get(server)
     assert browser.find_element(By.TAG_NAME, "h1").text == "Try the model on your own photos"
     assert browser.find_element(By.ID, "language").text == "日本語"
-    show_result(browser, {key: value for key, value in FLAGGED.items() if key != "unknown_reason"})
+    show_result(browser, FLAGGED | {"unknown_reason": ["knn", "imagenet"]})
     assert browser.find_element(By.CSS_SELECTOR, ".result .reason").text == (
-        "why: no class's probability reaches the model's threshold"
+        "why: far from every training photo (feature distance); "
+        "the backbone's ImageNet classifier sees none of the classes"
     )
     assert not browser.find_elements(By.CSS_SELECTOR, ".heatmap"), "no heatmap unless the server sends one"

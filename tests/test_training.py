@@ -25,12 +25,13 @@ from imageclf.inference.photos import predict_files
 from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import create_model
-from imageclf.models.model_file import load_model
+from imageclf.models.model_file import load_model, save_model
+from imageclf.models.unknown import normalised
 from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
 from imageclf.training.loop import WEIGHT_DECAY_GRID, Checkpointing, fit, fit_choosing_weight_decay, parameter_groups
 from imageclf.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from imageclf.training.params import TrainParams
-from imageclf.training.train import run_fingerprint, unknown_threshold
+from imageclf.training.train import run_fingerprint, train_from_params
 from tests.helpers import CLASSES, PROJECT, SampleModel, make_image_folder, train_classifier, train_config
 
 CPU = torch.device("cpu")
@@ -318,28 +319,43 @@ def test_mixed_precision_is_one_code_path_that_only_cuda_switches_on() -> None:
         assert cuda.grad_scaler().is_enabled() == (cuda.dtype == torch.float16)
 
 
-def test_the_unknown_threshold_is_the_highest_that_flags_at_most_one_percent() -> None:
-    confidences = np.random.default_rng(0).uniform(0.3, 1.0, 250)
-    threshold = unknown_threshold(confidences)
-    assert (confidences < threshold).sum() == 2, "floor(1 % of 250)"
-    assert (confidences <= threshold).sum() == 3, "any higher threshold would flag a third"
-    few = np.array([0.9, 0.6, 0.99])
-    assert unknown_threshold(few) == 0.6 and not (few < unknown_threshold(few)).any(), "under 100: none flagged"
-
-
-def test_a_real_training_run_flags_at_most_one_percent_of_val_and_saves_its_threshold(
+def test_a_real_training_run_flags_at_most_one_percent_of_val_and_saves_its_detector(
     sample_model: SampleModel,
 ) -> None:
-    threshold = sample_model.details["unknown_threshold"]
-    assert sample_model.details["val_unknown_share"] == 0.0
-    assert load_model(sample_model.path).unknown_threshold == threshold
+    """The default model (Lite0's int8 graph, transfer learning) trained on the sample: both scores, their thresholds
+    in the model file and the details, and at most floor(1 % of 9) = 0 val photos flagged as `predict` sees them."""
+    unknown = sample_model.details["unknown"]
+    assert unknown["scores"] == ["knn", "imagenet"] and unknown["val_flagged"] == 0.0 and "note" not in unknown
+    detector = load_model(sample_model.path).unknown
+    assert detector.thresholds == unknown["thresholds"] and detector.imagenet is not None
+    assert len(detector.bank) == len(read_manifest(sample_model.split / "train")), "every training photo"
     val = [sample_model.split / "val" / record.path for record in read_manifest(sample_model.split / "val")]
     predictor = load_predictor(sample_model.path)  # the whole model on ONNX Runtime, as predict runs it
-    confidences = np.array([p.probabilities.max() for p in predict_files(predictor, val, "none", 8)])
-    assert len(val) == 9 and threshold > 0.5, "a model that learned the sample is confident on its val photos"
-    # at most floor(1 % of 9) = 0 under it, to within the float32 difference between the two code paths
-    assert (confidences < threshold - 1e-4).sum() == 0
-    assert confidences.min() == pytest.approx(threshold, abs=1e-4), "the highest such threshold"
+    predictions = list(predict_files(predictor, val, "none", 8))
+    assert len(val) == 9 and not any(prediction.unknown_reason for prediction in predictions)
+    for name, threshold in unknown["thresholds"].items():  # the highest thresholds that flag none of them
+        lowest = min(prediction.unknown_scores[name] for prediction in predictions)
+        assert threshold < lowest < threshold + 1e-4 * max(1, abs(threshold)), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fromzero", "fine_tuning"])
+def test_a_backbone_that_trained_gets_the_feature_distance_alone_on_its_new_features(tmp_path: Path, mode: str) -> None:
+    """fromzero and fine_tuning: the bank holds the trained backbone's features of the training photos (one more
+    pass), no ImageNet classifier reads them, and the details say so."""
+    make_split(make_image_folder(tmp_path / "raw"), CLASSES, 32, 0.1, 0.1, 0, tmp_path / "split")
+    data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=32)
+    train = train_config(mode=mode, epochs=2, batch_size=8)
+    saved, result = train_from_params(data, train, tmp_path / "split/train", tmp_path / "split/val")
+    assert result.unknown["scores"] == ["knn"] and "feature distance only" in result.unknown["note"]
+    assert saved.unknown.imagenet is None and set(saved.unknown.thresholds) == {"knn"}
+    images = ImageDataset.from_manifest(tmp_path / "split/train", CLASSES, saved.preprocessing)
+    with torch.inference_mode():
+        trained = saved.classifier.backbone(torch.stack([images[index][0] for index in range(len(images))]))
+    np.testing.assert_allclose(saved.unknown.bank, normalised(trained.numpy()).astype(np.float16), atol=2e-3)
+    save_model(tmp_path / "model.pt", saved)
+    predictor = load_predictor(tmp_path / "model.pt")  # what predict, serve and evaluate's report say of it
+    assert predictor.unknown_scores == ("knn",) and "feature distance only" in predictor.unknown_note
 
 
 def test_the_train_stage_trains_with_the_loss_its_params_ask_for(tmp_path: Path) -> None:

@@ -15,14 +15,19 @@ from onnx import TensorProto, helper
 
 from imageclf.data.images import Preprocessing, open_rgb
 from imageclf.data.manifest import read_manifest
+from imageclf.inference.photos import predict_files
+from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import model_spec
 from imageclf.models.model_file import read_model_file
 from imageclf.models.unknown import (
     REASONS,
+    SYNSET_MIN_PROBABILITY,
     UnknownDetector,
     calibrated_threshold,
     imagenet_classifier,
+    learned_synsets,
     onnx_unknown,
+    softmax,
 )
 from tests.helpers import PROJECT, SampleModel, none_of_the_classes
 
@@ -98,6 +103,18 @@ def test_the_synsets_are_learned_from_the_training_photos_or_given_by_hand(data:
     assert by_hand.imagenet.synsets.tolist() == [207, 281, 282, 339]
 
 
+def test_a_class_whose_photos_look_like_no_synset_keeps_the_one_they_look_most_like() -> None:
+    """Plain-coloured toy photos spread ImageNet's probability thin: no synset reaches the bar, and a class without
+    a synset would leave the ImageNet score without anything to measure."""
+    probabilities = softmax(np.random.default_rng(0).normal(0, 0.1, (6, 1000)))
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    assert probabilities.max() < SYNSET_MIN_PROBABILITY
+    synsets = learned_synsets(probabilities, labels, CLASSES, SYNSET_MIN_PROBABILITY)
+    assert synsets == {
+        name: [int(probabilities[labels == label].mean(axis=0).argmax())] for label, name in enumerate(CLASSES)
+    }
+
+
 def test_without_an_imagenet_classifier_it_uses_the_distance_alone_and_says_so(data: dict[str, np.ndarray]) -> None:
     alone = UnknownDetector.fit(data["train"], data["labels"], CLASSES, data["val"], imagenet=None)
     assert alone.score_names == ["knn"] and set(alone.thresholds) == {"knn"}
@@ -161,9 +178,11 @@ def test_the_onnx_nodes_flag_exactly_the_photos_numpy_flags(data: dict[str, np.n
     head = imagenet_head(np.random.default_rng(2)) if with_imagenet else None
     detector = UnknownDetector.fit(data["train"], data["labels"], CLASSES, data["val"], imagenet=head)
     graph = onnx_unknown(features_graph(DIMENSIONS), detector)
-    photos = np.concatenate([data["val"], data["test"], data["far"]])
+    blank = np.zeros((1, DIMENSIONS), np.float32)  # all-zero features, which a ReLU backbone can give
+    photos = np.concatenate([data["val"], data["test"], data["far"], blank])
     outputs = run_onnx(graph, photos)
     flags = detector.flags(photos)
+    assert "knn" in flags.reasons[-1], "no similarity to any training photo"
     assert np.array_equal(outputs["features"], photos), "the graph's own output is kept"
     assert np.array_equal(outputs["unknown"], flags.unknown)
     expected = [[name in reason for name in detector.score_names] for reason in flags.reasons]
@@ -209,7 +228,7 @@ def test_a_real_backbone_graph_with_the_nodes_flags_exactly_what_numpy_flags_on_
     outputs = run_onnx(onnx_unknown(backbone, detector), photos)
     flags = detector.flags(outputs["features"])
     assert np.array_equal(outputs["unknown"], flags.unknown)
-    assert flags.unknown[-2:].all(), "the grey square and the noise"
+    assert flags.unknown[-4:].all(), "the plain squares, the noise and the text"
     assert not flags.unknown[: len(val) + len(test)].all()
 
 
@@ -222,3 +241,19 @@ def test_openvino_converts_the_nodes_and_flags_the_same_photos(data: dict[str, n
     photos = np.concatenate([data["val"], data["test"], data["far"]])
     flagged = compiled(photos)[compiled.output("unknown")]
     assert np.array_equal(flagged, detector.flags(photos).unknown)
+
+
+@pytest.mark.slow
+def test_a_trained_model_flags_far_images_by_the_feature_distance_and_not_the_photos_of_its_classes(
+    sample_model: SampleModel,
+) -> None:
+    """The model file trained on the sample, as `predict` runs it: noise, text and plain colours are far from every
+    training photo; the sample's photos of the classes are not (a few odd ones may be, as in docs/unknown.md)."""
+    predictor = load_predictor(sample_model.path)
+    far = list(predict_files(predictor, list(none_of_the_classes().values()), "none", 8))
+    assert all("knn" in prediction.unknown_reason for prediction in far)
+    sample = sorted((PROJECT / "data/sample").rglob("*.jpg"))
+    flagged = [
+        prediction.path for prediction in predict_files(predictor, sample, "none", 32) if prediction.unknown_reason
+    ]
+    assert len(sample) == 93 and len(flagged) <= 3, flagged

@@ -1,6 +1,7 @@
 """`imageclf export`: write the model as ONNX or OpenVINO IR for other programs: the whole classifier (backbone and
-head, softmax if asked), with its class names, input size, mean and std inside the file as JSON under the key
-'imageclf' (ONNX metadata_props, OpenVINO rt_info).
+head, softmax if asked) with the backbone's features and the none-of-these detector's flags and scores as further
+outputs, and its class names, input size, mean and std, and the detector's scores, thresholds and reasons inside the
+file as JSON under the key 'imageclf' (ONNX metadata_props, OpenVINO rt_info).
 
 The batch size is free. A model trained on ONNX Runtime features carries that backbone graph (fp32 or int8), and its
 ONNX export at that precision (the default) is that graph with the head on top: it predicts exactly as evaluate did
@@ -42,7 +43,8 @@ def write_onnx(saved: SavedModel, softmax: bool, precision: str, calibration: li
 def write_openvino(
     saved: SavedModel, softmax: bool, precision: str, calibration: list[np.ndarray], target: Path
 ) -> None:
-    """OpenVINO IR (`target`, an .xml, and its .bin) converted from the fp32 ONNX graph, then quantized by NNCF."""
+    """OpenVINO IR (`target`, an .xml, and its .bin) converted from the fp32 ONNX graph, then quantized by NNCF (the
+    detector's nodes stay float32)."""
     import openvino
 
     source = target.with_suffix(".fp32.onnx")
@@ -141,7 +143,11 @@ def export_command(
         export_format.write(saved, softmax, precision, calibration, staging / output.name)
         for suffix in (*export_format.companions, export_format.suffix):  # the main file last: it names the rest
             os.replace(staging / output.with_suffix(suffix).name, output.with_suffix(suffix))
-    print(f"wrote {output} ({format_name}, {precision}, {'probabilities' if softmax else 'logits'}, {saved.classes})")
+    scores = (
+        f"none-of-these scores: {', '.join(saved.unknown.score_names)}" if saved.unknown else "no none-of-these scores"
+    )
+    outputs = "probabilities" if softmax else "logits"
+    print(f"wrote {output} ({format_name}, {precision}, {outputs}, {saved.classes}, {scores})")
     return 0
 
 

@@ -1,5 +1,5 @@
-"""`imageclf predict`: classify image files or folders: each file's class and confidence (a table or JSON), and the
-accuracy and misses when the photos are labelled (in class folders or named <class>_*.jpg)."""
+"""`imageclf predict`: classify image files or folders: each file's class and confidence, or "unknown" and why (a
+table or JSON), and the accuracy and misses when the photos are labelled (in class folders or named <class>_*.jpg)."""
 
 import argparse
 import json
@@ -11,17 +11,36 @@ from imageclf.core.arguments import add_model_file_argument, positive_int
 from imageclf.data.views import DEFAULT_TTA, TTA
 from imageclf.evaluation.metrics import labelled_scores
 from imageclf.inference.photos import DECODE_THREADS, LabelledResult, files_to_predict, labelled_result, predict_files
-from imageclf.inference.predictor import load_predictor
+from imageclf.inference.predictor import PREDATES, Predictor, load_predictor
+from imageclf.models.unknown import REASONS
 
 # The class column of an image that is none of the classes (`--json`: label null, unknown true).
 UNKNOWN_LABEL = "unknown"
 
 
+def reason_words(names: tuple[str, ...]) -> str:
+    return "; ".join(REASONS[name] for name in names)
+
+
 def format_row(result: LabelledResult, top_k: int, width: int) -> str:
+    """Path, class (or unknown), confidence and the top-k classes; an unknown photo's reason in words after them."""
     ranked = sorted(result.probabilities.items(), key=lambda item: -item[1])[:top_k]
     top = "  ".join(f"{label} {p:.3f}" for label, p in ranked)
     label = UNKNOWN_LABEL if result.unknown else result.label
-    return f"{result.path!s:<{width}}  {label:<10}  {result.confidence:>10.3f}  {top}"
+    reason = f"  ({reason_words(result.unknown_reason)})" if result.unknown else ""
+    return f"{result.path!s:<{width}}  {label:<10}  {result.confidence:>10.3f}  {top}{reason}"
+
+
+def unknown_summary(results: list[LabelledResult], predictor: Predictor) -> str | None:
+    """One line counting the photos flagged unknown and by which score; None when none is."""
+    unknown = [result for result in results if result.unknown]
+    if not unknown:
+        return None
+    counts = {name: sum(name in result.unknown_reason for result in unknown) for name in predictor.unknown_scores}
+    by_score = "; ".join(f"{REASONS[name]}: {count}" for name, count in counts.items() if count)
+    note = f"; {predictor.unknown_note}" if predictor.unknown_note else ""
+    classes = ", ".join(predictor.classes)
+    return f"unknown: {len(unknown)} of {len(results)} images are none of {classes} ({by_score}{note})"
 
 
 def print_scores(scores: dict, file: TextIO) -> None:
@@ -48,6 +67,8 @@ def predict_command(
     the other images are still predicted.
     """
     predictor = load_predictor(model_path)
+    if not predictor.unknown_scores:
+        print(f"note: {PREDATES}", file=sys.stderr)
     found, errors = files_to_predict(targets)
     for error in errors:
         print(f"error: {error}", file=sys.stderr)
@@ -61,7 +82,7 @@ def predict_command(
             print(f"error: cannot read '{prediction.path}': {prediction.error}", file=sys.stderr)
             errors.append(prediction.error)
             continue
-        result = labelled_result(prediction, target, predictor.classes, predictor.unknown_threshold)
+        result = labelled_result(prediction, target, predictor.classes)
         results.append(result)
         if not as_json:
             print(format_row(result, top_k, width), flush=True)
@@ -69,13 +90,9 @@ def predict_command(
     if as_json:
         print(json.dumps([result.as_json() for result in results], indent=2))
     report = sys.stderr if as_json else sys.stdout
-    unknown = sum(result.unknown for result in results)
-    if unknown:
-        print(
-            f"unknown: {unknown} of {len(results)} images are none of {', '.join(predictor.classes)} "
-            f"(top probability under {predictor.unknown_threshold:.3f})",
-            file=report,
-        )
+    summary = unknown_summary(results, predictor)
+    if summary:
+        print(summary, file=report)
     if scores:
         print_scores(scores, report)
     return 1 if errors else 0

@@ -1,13 +1,17 @@
 """`imageclf serve`: a web page and JSON API to try the model on your own photos.
 
 FastAPI on uvicorn serves one static HTML page (no build step, nothing fetched from the internet) and the API:
-`POST /predict` (multipart, one or more images in the field `files`), `GET /health`, `GET /info` (classes and test
-metrics) and `GET /plots/<name>.png`. The model is loaded once; uploads are decoded in memory and never written to
-disk, which is why the multipart body is parsed here instead of by Starlette (it spools files over 1 MB to disk).
+`POST /predict` (multipart, one or more images in the field `files`; `?heatmap=1` adds each photo's Grad-CAM
+heatmap), `GET /health`, `GET /info` (classes, the none-of-these scores and test metrics) and `GET /plots/<name>.png`.
+The model is loaded once, and its PyTorch form at the first request for a heatmap (a heatmap needs gradients, which
+ONNX Runtime does not give; a request without one stays on the fast path). Uploads are decoded in memory and never
+written to disk, which is why the multipart body is parsed here instead of by Starlette (it spools files over 1 MB to
+disk).
 """
 
 import argparse
 import asyncio
+import base64
 import errno
 import io
 import json
@@ -26,10 +30,11 @@ from starlette.concurrency import run_in_threadpool
 from imageclf.core import paths
 from imageclf.core.arguments import add_model_file_argument
 from imageclf.core.errors import UserError, warn
-from imageclf.data.images import IMAGE_FORMATS
+from imageclf.data.images import IMAGE_FORMATS, open_rgb
 from imageclf.data.views import DEFAULT_TTA
 from imageclf.inference.photos import Prediction, labelled_result, predict_files
-from imageclf.inference.predictor import Predictor, load_predictor
+from imageclf.inference.predictor import PREDICTORS, Predictor, load_predictor
+from imageclf.models.unknown import REASONS
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024  # a phone photo is 2-12 MB
 MAX_FILES = 32  # per request: what one page drop holds, and a bound on the memory one request takes
@@ -161,20 +166,50 @@ def refusal(upload: Upload) -> tuple[int, str] | None:
 
 def prediction_json(model: Predictor, prediction: Prediction, name: str) -> dict:
     """The object `imageclf predict --json` prints for one file, the upload's name as its path."""
-    upload = Prediction(Path(name), prediction.probabilities)
-    return labelled_result(upload, Path(name), model.classes, model.unknown_threshold).as_json()
+    upload = Prediction(Path(name), prediction.probabilities, unknown_reason=prediction.unknown_reason)
+    return labelled_result(upload, Path(name), model.classes).as_json()
+
+
+class Heatmaps:
+    """Grad-CAM heatmaps (`models.heatmap`) of a model file's PyTorch model, loaded at the first request for one:
+    torch and the architecture take seconds to load, which a server that is never asked for a heatmap skips."""
+
+    def __init__(self, model_path: Path):
+        self.model_path = model_path
+        self.saved = None
+
+    @property
+    def available(self) -> bool:
+        """An exported model (.onnx, .xml) has no PyTorch model to take gradients of."""
+        return self.model_path.suffix.lower() not in PREDICTORS
+
+    def data_url(self, content: bytes, target: int) -> str:
+        """The photo as the model saw it, with the heatmap of class `target` over it, as a PNG data URL."""
+        from imageclf.models.heatmap import heatmap
+        from imageclf.models.model_file import load_model
+
+        if self.saved is None:
+            self.saved = load_model(self.model_path)
+        saved = self.saved
+        image = open_rgb(content, min_side=saved.preprocessing.image_size)
+        overlay = heatmap(saved.classifier, saved.architecture, image, saved.preprocessing, target).overlay
+        buffer = io.BytesIO()
+        overlay.save(buffer, "PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 class UploadClassifier:
-    """The model, loaded once, and a lock: one forward pass at a time (the runtime already uses every core for one)."""
+    """The model, loaded once, its heatmaps, and a lock: one forward pass at a time (the runtime already uses every
+    core for one)."""
 
-    def __init__(self, model: Predictor):
+    def __init__(self, model: Predictor, heatmaps: Heatmaps):
         self.model = model
+        self.heatmaps = heatmaps
         self.lock = threading.Lock()
 
-    def predict(self, uploads: list[Upload]) -> tuple[int, list[dict]]:
-        """One result per upload, in order: the predict --json object, or {path, error}; 200, or the first
-        refused file's 4xx."""
+    def predict(self, uploads: list[Upload], with_heatmaps: bool = False) -> tuple[int, list[dict]]:
+        """One result per upload, in order: the predict --json object (with `heatmap`, a PNG data URL, when asked),
+        or {path, error}; 200, or the first refused file's 4xx."""
         refusals = [refusal(upload) for upload in uploads]
         accepted = [bytes(upload.content) for upload, refused in zip(uploads, refusals, strict=True) if not refused]
         with self.lock:
@@ -184,7 +219,12 @@ class UploadClassifier:
             if refused is None:
                 prediction = next(predictions)
                 if prediction.probabilities is not None:
-                    results.append(prediction_json(self.model, prediction, upload.name))
+                    result = prediction_json(self.model, prediction, upload.name)
+                    if with_heatmaps:
+                        with self.lock:
+                            target = int(prediction.probabilities.argmax())
+                            result["heatmap"] = self.heatmaps.data_url(bytes(upload.content), target)
+                    results.append(result)
                     continue
                 refused = 422, f"cannot decode the image: {prediction.error}"
             if status == 200:
@@ -209,7 +249,8 @@ def metrics_info(metrics_dir: Path) -> dict:
 
 def create_app(model: Predictor, model_path: Path, metrics_dir: Path) -> FastAPI:
     """The page and the API around one loaded model; `metrics_dir` holds evaluate's scores and pictures of it."""
-    classifier = UploadClassifier(model)
+    heatmaps = Heatmaps(model_path)
+    classifier = UploadClassifier(model, heatmaps)
     app = FastAPI(title="imageclf", description="Try the trained model on your own photos.")
 
     @app.exception_handler(RequestError)
@@ -233,7 +274,12 @@ def create_app(model: Predictor, model_path: Path, metrics_dir: Path) -> FastAPI
             "image_size": model.preprocessing.image_size,
             "max_upload_mb": MAX_UPLOAD_BYTES // 2**20,
             "max_files": MAX_FILES,
-            "unknown_threshold": model.unknown_threshold,
+            "unknown": {
+                "scores": list(model.unknown_scores),
+                "reasons": {name: REASONS[name] for name in model.unknown_scores},
+                "note": model.unknown_note,
+            },
+            "heatmap": heatmaps.available,
         } | metrics_info(metrics_dir)
 
     @app.get("/plots/{name}.png")
@@ -244,11 +290,14 @@ def create_app(model: Predictor, model_path: Path, metrics_dir: Path) -> FastAPI
         return FileResponse(path, media_type="image/png")
 
     @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
+    async def predict(request: Request, heatmap: bool = False) -> JSONResponse:
         parser = UploadParser(request.headers.get("content-type", ""))
         async for chunk in request.stream():
             parser.feed(chunk)
-        status, results = await run_in_threadpool(classifier.predict, parser.finish())
+        uploads = parser.finish()
+        if heatmap and not heatmaps.available:
+            raise RequestError(400, f"heatmaps need the model.pt (PyTorch), not the export '{model_path.name}'")
+        status, results = await run_in_threadpool(classifier.predict, uploads, heatmap)
         return JSONResponse(results, status_code=status)
 
     return app

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from imageclf.core.errors import UserError
+from imageclf.models.unknown import UNKNOWN_NODES
 
 if TYPE_CHECKING:
     import torch
@@ -63,12 +64,12 @@ def onnxruntime_function(model: bytes | Path, threads: int) -> BatchFunction:
     return lambda batch: session.run(None, {name: batch})[0]
 
 
-def openvino_function(model, threads: int) -> BatchFunction:
+def openvino_compiled(model, threads: int):
     """An OpenVINO model (or .xml path) compiled for the CPU: one stream, so results do not depend on scheduling,
     and float32 throughout (else bfloat16 on CPUs that have it, which gives other numbers)."""
     import openvino
 
-    compiled = openvino.Core().compile_model(
+    return openvino.Core().compile_model(
         str(model) if isinstance(model, Path) else model,
         "CPU",
         {
@@ -78,7 +79,11 @@ def openvino_function(model, threads: int) -> BatchFunction:
             "INFERENCE_PRECISION_HINT": "f32",
         },
     )
-    request = compiled.create_infer_request()
+
+
+def openvino_function(model, threads: int) -> BatchFunction:
+    """The compiled model's (`openvino_compiled`) first output for a batch."""
+    request = openvino_compiled(model, threads).create_infer_request()
     return lambda batch: request.infer({0: batch})[0].copy()
 
 
@@ -129,10 +134,13 @@ def torch_features(
 
 
 def onnx_model(
-    module: nn.Module, batch_shape: tuple[int, ...], output_name: str = "features", dynamic_batch: bool = False
+    module: nn.Module,
+    batch_shape: tuple[int, ...],
+    output_names: Sequence[str] = ("features",),
+    dynamic_batch: bool = False,
 ) -> bytes:
     """The module as an ONNX graph for batches of `batch_shape` (any batch size with `dynamic_batch`), in
-    float32; its input is named `images`."""
+    float32; its input is named `images`, its outputs (the module's, in order) `output_names`."""
     import torch
 
     buffer = io.BytesIO()
@@ -143,9 +151,9 @@ def onnx_model(
             (torch.zeros(batch_shape),),
             buffer,
             input_names=["images"],
-            output_names=[output_name],
+            output_names=list(output_names),
             opset_version=17,
-            dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None,
+            dynamic_axes={name: {0: "batch"} for name in ("images", *output_names)} if dynamic_batch else None,
             dynamo=False,
         )
     return buffer.getvalue()
@@ -234,14 +242,20 @@ def onnxruntime_features(
 
 def quantize_openvino(model, calibration: Sequence[np.ndarray]):
     """NNCF's post-training quantization of an OpenVINO model to int8 (7-bit weights), its ranges set on
-    `calibration`."""
+    `calibration`. The none-of-these nodes of an exported classifier (`unknown.onnx_unknown`) stay float32: their
+    thresholds were set on float32 arithmetic."""
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     nncf.set_log_level(40)  # errors only: its progress bars would bury the training log
     seven_bits = AdvancedQuantizationParameters(overflow_fix=OverflowFix.ENABLE)  # in every layer, see quantize_onnx
+    detector = nncf.IgnoredScope(patterns=[f"{UNKNOWN_NODES}.*"], validate=False)
     return nncf.quantize(
-        model, nncf.Dataset(list(calibration)), subset_size=len(calibration), advanced_parameters=seven_bits
+        model,
+        nncf.Dataset(list(calibration)),
+        subset_size=len(calibration),
+        ignored_scope=detector,
+        advanced_parameters=seven_bits,
     )
 
 

@@ -1,5 +1,7 @@
-"""The evaluate stage's work: score the test split (and an optional labelled folder), write metrics, plots, report."""
+"""The evaluate stage's work: score the test split (and an optional labelled folder, and a folder of photos of none
+of the classes), write metrics, plots (the misclassified photos with their heatmaps), report."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +11,7 @@ from imageclf.core import paths
 from imageclf.core.errors import UserError, warn
 from imageclf.core.files import write_csv, write_json
 from imageclf.data.datasets import ImageDataset
+from imageclf.data.images import open_rgb
 from imageclf.data.manifest import read_manifest, unreadable_image
 from imageclf.data.params import DataParams
 from imageclf.evaluation.metrics import (
@@ -17,6 +20,7 @@ from imageclf.evaluation.metrics import (
     labelled_scores,
     precision_recall_curves,
 )
+from imageclf.evaluation.ood import ood_scores
 from imageclf.evaluation.params import EvaluateParams
 from imageclf.evaluation.reports import (
     Miss,
@@ -28,8 +32,9 @@ from imageclf.evaluation.reports import (
     write_report,
 )
 from imageclf.inference.photos import predict_files, predict_folder
-from imageclf.inference.predictor import PREDICTORS, Predictor, is_unknown, load_predictor
-from imageclf.models.model_file import carried_backbone
+from imageclf.inference.predictor import PREDICTORS, Predictor, Scored, load_predictor
+from imageclf.models.heatmap import heatmap
+from imageclf.models.model_file import carried_backbone, load_model
 
 
 def load_model_for(model_path: Path, classes: list[str]) -> Predictor:
@@ -44,15 +49,25 @@ def load_model_for(model_path: Path, classes: list[str]) -> Predictor:
     return model
 
 
-def unknown_scores(true: list[str], probabilities: np.ndarray, classes: list[str], threshold: float | None) -> dict:
+def reasons_of(names: tuple[str, ...], flags: np.ndarray) -> list[tuple[str, ...]]:
+    """Each photo's flagging scores (a row of `flags`, one column per name)."""
+    return [tuple(name for name, flag in zip(names, row, strict=True) if flag) for row in flags]
+
+
+def unknown_scores(
+    true: list[str], probabilities: np.ndarray, reasons: list[tuple[str, ...]], classes: list[str], model: Predictor
+) -> dict:
     """How many photos the model calls none of the classes (all of them are of the classes, so these are mistakes
-    of another kind), and the accuracy on the others; `accuracy` still counts every photo by its top class."""
-    unknown = np.array([is_unknown(float(row.max()), threshold) for row in probabilities], dtype=bool)
+    of another kind), by which score (and what the detector leaves out), and the accuracy on the others; `accuracy`
+    still counts every photo by its top class."""
+    unknown = np.array([bool(reason) for reason in reasons], dtype=bool)
     correct = np.array(true) == np.array(classes)[probabilities.argmax(axis=1)]
     return {
-        "unknown_threshold": threshold,
+        "unknown_thresholds": model.unknown_thresholds,
+        "unknown_note": model.unknown_note,
         "unknown": int(unknown.sum()),
         "unknown_share": float(unknown.mean()),
+        "unknown_by_score": {name: sum(name in reason for reason in reasons) for name in model.unknown_scores},
         "accepted_accuracy": float(correct[~unknown].mean()) if not unknown.all() else None,
     }
 
@@ -74,16 +89,17 @@ def score_test_images(model: Predictor, folder: Path, config: EvaluateParams) ->
     labelled = [result for result in results if result.true_label is not None]
     probabilities = np.array([[result.probabilities[label] for label in model.classes] for result in labelled])
     true = [result.true_label for result in labelled]
-    return scores | unknown_scores(true, probabilities, model.classes, model.unknown_threshold)
+    reasons = [result.unknown_reason for result in labelled]
+    return scores | unknown_scores(true, probabilities, reasons, model.classes, model)
 
 
-def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, config: EvaluateParams) -> np.ndarray:
-    """Each test photo's class probabilities, in manifest order.
+def scored_test_split(model: Predictor, model_path: Path, test_dir: Path, config: EvaluateParams) -> Scored:
+    """Each test photo's class probabilities and none-of-these scores and flags, in manifest order.
 
     A model file that carries the backbone graph its head was trained on (transfer learning on ONNX Runtime) gets
     the test photos' features from the feature cache, where the first evaluate with that graph put them: after a
-    change to the head, only the head runs again. Otherwise, and with test-time augmentation, the model runs on
-    the photos.
+    change to the head, only the head and the detector run again. Otherwise, and with test-time augmentation, the
+    model runs on the photos.
     """
     carried = None
     if config.tta == "none" and model_path.suffix.lower() not in PREDICTORS:
@@ -91,25 +107,63 @@ def class_probabilities(model: Predictor, model_path: Path, test_dir: Path, conf
     if carried is not None:
         dataset = ImageDataset.from_manifest(test_dir, model.classes, carried.preprocessing)
         frozen = FrozenBackbone.of_graph(carried.architecture, carried.graph, carried.precision, carried.preprocessing)
-        return carried.head.probabilities(frozen.features(dataset, "test").dataset.tensors[0])
+        features = frozen.features(dataset, "test").dataset.tensors[0].numpy()
+        probabilities = carried.head.probabilities(features)
+        if carried.unknown is None:
+            return Scored(probabilities, np.zeros((len(features), 0), np.float32), np.zeros((len(features), 0), bool))
+        outputs = carried.unknown.outputs(features)
+        names = carried.unknown.score_names
+        return Scored(
+            probabilities,
+            np.stack([outputs[f"unknown_score_{name}"] for name in names], axis=1),
+            outputs["unknown_flags"],
+        )
     images = [test_dir / record.path for record in read_manifest(test_dir)]
     predictions = list(predict_files(model, images, config.tta, config.batch_size, description="evaluate"))
     unreadable = [prediction for prediction in predictions if prediction.probabilities is None]
     if unreadable:
         raise unreadable_image(unreadable[0].path, unreadable[0].error)
-    return np.stack([prediction.probabilities for prediction in predictions])
+    names, count = model.unknown_scores, len(predictions)
+    return Scored(
+        np.stack([prediction.probabilities for prediction in predictions]),
+        np.array([[p.unknown_scores[name] for name in names] for p in predictions], np.float32).reshape(count, -1),
+        np.array([[name in p.unknown_reason for name in names] for p in predictions], bool).reshape(count, -1),
+    )
+
+
+def gallery_heatmaps(model_path: Path, misses: list[Miss], classes: list[str]) -> list[Miss]:
+    """The misses with the Grad-CAM heatmap of their predicted class over them, from the model file's PyTorch model;
+    as they are for an exported model, which has none."""
+    if not misses or model_path.suffix.lower() in PREDICTORS:
+        return misses
+    saved = load_model(model_path)
+    size = saved.preprocessing.image_size
+    return [
+        replace(
+            miss,
+            heatmap=heatmap(
+                saved.classifier,
+                saved.architecture,
+                open_rgb(miss.image, min_side=size),
+                saved.preprocessing,
+                classes.index(miss.predicted),
+            ).overlay,
+        )
+        for miss in misses
+    ]
 
 
 def headline(scores: dict) -> dict:
     """What the metrics file shows of a scored set (`classification_scores` and `unknown_scores`): accuracy,
-    macro-F1 and the share called none of the classes; nothing for no set."""
+    macro-F1 and the share called none of the classes, and of `evaluate.ood_images` the share flagged; nothing for
+    no set."""
     if not scores:
         return {}
     return {
         "accuracy": scores["accuracy"],
         "macro_f1": scores["macro_avg"]["f1"],
         "unknown_share": scores["unknown_share"],
-    }
+    } | ({"ood_flagged": scores["ood"]["flagged"]} if "ood" in scores else {})
 
 
 def write_scores(out_dir: Path, name: str, scores: dict) -> None:
@@ -127,12 +181,21 @@ def evaluate(
     model = load_model_for(model_path, classes)
     records = read_manifest(test_dir)
     images = [test_dir / record.path for record in records]
-    probabilities = class_probabilities(model, model_path, test_dir, config)
+    scored = scored_test_split(model, model_path, test_dir, config)
+    probabilities = scored.probabilities
+    reasons = reasons_of(model.unknown_scores, scored.flags)
     true = [record.label for record in records]
     predicted = [classes[index] for index in probabilities.argmax(axis=1)]
 
     metrics = classification_scores(true, probabilities, classes, [record.source for record in records])
-    metrics |= unknown_scores(true, probabilities, classes, model.unknown_threshold)
+    metrics |= unknown_scores(true, probabilities, reasons, classes, model)
+    metrics["unknown_photos"] = [
+        {"path": record.source, "true": actual, "predicted": guess, "unknown_reason": list(reason)}
+        for record, actual, guess, reason in zip(records, true, predicted, reasons, strict=True)
+        if reason
+    ]
+    if config.ood_images:
+        metrics["ood"] = ood_scores(model, Path(config.ood_images), scored, config)
     write_scores(out_dir, paths.EVALUATE_METRICS, metrics)
     write_csv(
         out_dir / paths.TEST_PREDICTIONS,
@@ -142,9 +205,9 @@ def evaluate(
                 "actual": actual,
                 "predicted": guess,
                 "confidence": round(float(row.max()), 4),
-                "unknown": is_unknown(float(row.max()), model.unknown_threshold),
+                "unknown": bool(reason),
             }
-            for record, actual, guess, row in zip(records, true, predicted, probabilities, strict=True)
+            for record, actual, guess, row, reason in zip(records, true, predicted, probabilities, reasons, strict=True)
         ],
         ["path", "actual", "predicted", "confidence", "unknown"],
     )
@@ -168,7 +231,7 @@ def evaluate(
         Miss(image_of[miss["path"]], Path(miss["path"]).name, miss["true"], miss["predicted"], miss["confidence"])
         for miss in metrics["misses"][: config.gallery_size]
     ]
-    plot_gallery(misses, len(records), pictures["Misclassified test images"])
+    plot_gallery(gallery_heatmaps(model_path, misses, classes), len(records), pictures["Misclassified test images"])
     average_precision = {label: row["average_precision"] for label, row in metrics["per_class"].items()}
     plot_precision_recall(curves, average_precision, pictures["Precision-recall curves"])
     plot_training_curves(history_path, pictures["Training curves"])

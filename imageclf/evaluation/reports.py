@@ -25,13 +25,15 @@ HISTORY_PANELS = (
 
 @dataclass(frozen=True)
 class Miss:
-    """A misclassified image: the file to show, its true and predicted class and the model's confidence."""
+    """A misclassified image: the file to show, its true and predicted class, the model's confidence and, when
+    there is one, the photo as the model saw it with the heatmap of the predicted class over it."""
 
     image: Path
     name: str
     true: str
     predicted: str
     confidence: float
+    heatmap: Image.Image | None = None
 
 
 def save_figure(figure: Figure, path: Path) -> None:
@@ -64,7 +66,8 @@ def thumbnail(path: Path) -> Image.Image:
 
 
 def plot_gallery(misses: list[Miss], total: int, path: Path) -> None:
-    """Thumbnails of the misclassified images with true class, predicted class and confidence."""
+    """Thumbnails of the misclassified images (with their heatmaps, when they have them) with true class, predicted
+    class and confidence."""
     if not misses:
         figure = Figure(layout="constrained", figsize=(6, 1))
         figure.text(0.5, 0.5, f"No misclassified images among {total}.", ha="center", va="center", fontsize=14)
@@ -73,12 +76,13 @@ def plot_gallery(misses: list[Miss], total: int, path: Path) -> None:
     columns = min(GALLERY_COLUMNS, len(misses))
     rows = -(-len(misses) // columns)
     figure = Figure(layout="constrained", figsize=(2.2 * columns, 2.6 * rows))
-    figure.suptitle(f"Misclassified: {len(misses)} shown of {total} images, most confident first")
+    looked = ", each with where the network looked for the predicted class (Grad-CAM)" if misses[0].heatmap else ""
+    figure.suptitle(f"Misclassified: {len(misses)} shown of {total} images, most confident first{looked}")
     grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
     for axes in grid:
         axes.axis("off")
     for axes, miss in zip(grid, misses, strict=False):
-        axes.imshow(thumbnail(miss.image))
+        axes.imshow(thumbnail(miss.image) if miss.heatmap is None else miss.heatmap)
         axes.set_title(f"true {miss.true}\npredicted {miss.predicted} ({miss.confidence:.2f})", fontsize=9)
         axes.text(0.5, -0.04, miss.name[:28], transform=axes.transAxes, ha="center", va="top", fontsize=6)
     save_figure(figure, path)
@@ -150,15 +154,44 @@ def scores_table(scores: dict) -> list[str]:
 
 def unknown_line(metrics: dict) -> str:
     """What the model called none of the classes (`evaluation.unknown_scores`), in one sentence."""
-    if metrics["unknown_threshold"] is None:
-        return "Unknown: this model has no threshold (trained before it existed); every image gets a class."
+    if not metrics["unknown_thresholds"]:
+        return (
+            "Unknown: this model predates the none-of-these scores (retrain it to get them); every image gets a class."
+        )
     accepted = metrics["accepted_accuracy"]
+    by_score = ", ".join(f"{name} {count}" for name, count in metrics["unknown_by_score"].items())
+    note = f"; {metrics['unknown_note']}" if metrics["unknown_note"] else ""
     return (
-        f"Unknown (top probability under {metrics['unknown_threshold']:.3f}, the threshold chosen on val): "
-        f"**{metrics['unknown']}** of {metrics['images']} images ({percent(metrics['unknown_share'])}); "
-        f"accuracy on the others: {'–' if accepted is None else percent(accepted)}. "
+        f"Unknown (a score under its threshold chosen on val: {', '.join(metrics['unknown_thresholds'])}{note}): "
+        f"**{metrics['unknown']}** of {metrics['images']} images ({percent(metrics['unknown_share'])}; by score: "
+        f"{by_score}); accuracy on the others: {'–' if accepted is None else percent(accepted)}. "
         "The accuracy above counts every image by its most probable class, unknown or not."
     )
+
+
+def ood_section(ood: dict) -> list[str]:
+    """Markdown lines on `evaluate.ood_images` (`evaluation.ood.ood_scores`): per score, the share flagged (all and
+    per subfolder), AUROC and the false-positive rate at 95 % true-positive rate."""
+    groups = list(ood["photos_by_subfolder"])
+    counts = ", ".join(f"{group}: {count}" for group, count in ood["photos_by_subfolder"].items())
+    lines = [
+        "",
+        f"## Photos of none of the classes: `{ood['folder']}`",
+        "",
+        f"{ood['photos']} photos ({counts}); "
+        f"flagged: **{percent(ood['flagged'])}**. The test photos are the positives of AUROC and of the "
+        "false-positive rate at 95 % true-positive rate (FPR95: the share of these photos a threshold keeping 95 % "
+        "of the test photos lets through).",
+        "",
+        "| score | flagged | " + " | ".join(f"flagged in `{group}`" for group in groups) + " | AUROC | FPR95 |",
+        "|---|---|" + "---|" * len(groups) + "---|---|",
+    ]
+    for name, row in ood["scores"].items():
+        shares = " | ".join(percent(row["flagged_by_subfolder"][group]) for group in groups)
+        lines.append(
+            f"| {name} | {percent(row['flagged'])} | {shares} | {row['auroc']:.3f} | {percent(row['fpr_at_95_tpr'])} |"
+        )
+    return lines
 
 
 def write_report(
@@ -169,7 +202,13 @@ def write_report(
     lines = ["# Evaluation report", "", "## Metrics on the test split", ""]
     lines += [f"Accuracy: **{percent(metrics['accuracy'])}** on {metrics['images']} images.", ""]
     lines += [unknown_line(metrics), ""]
+    lines += [
+        f"- unknown: `{photo['path']}` ({', '.join(photo['unknown_reason'])})" for photo in metrics["unknown_photos"]
+    ]
+    lines += [""] if metrics["unknown_photos"] else []
     lines += scores_table(metrics)
+    if "ood" in metrics:
+        lines += ood_section(metrics["ood"])
     if test_images:
         lines += ["", f"## Metrics on the labelled folder `{test_images_folder}`", ""]
         lines += [

@@ -1,12 +1,12 @@
-"""Photos to class probabilities: decode each file (or upload), make its test-time views, run the predictor on
-batches and average the views; and what a file's name or folder says its class is.
+"""Photos to class probabilities and none-of-these flags: decode each file (or upload), make its test-time views, run
+the predictor on batches and average the views' probabilities; and what a file's name or folder says its class is.
 
 Only PIL and NumPy: `imageclf predict` with an exported model never loads torch.
 """
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from imageclf.data.images import DECODE_ERRORS, Preprocessing, is_image_name, open_rgb
 from imageclf.data.views import TTA
-from imageclf.inference.predictor import Predictor, is_unknown
+from imageclf.inference.predictor import Predictor
 
 # Threads that decode and resize photos while the model runs on the previous batch (PIL releases the GIL). None by
 # default: on 2 busy cores they gained nothing (docs/results.md).
@@ -39,11 +39,15 @@ class ViewTransform:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One file's class probabilities, or why it could not be read (then `probabilities` is None)."""
+    """One file's class probabilities, or why it could not be read (then `probabilities` is None), with the
+    none-of-these scores of the photo itself (its first view: the thresholds were set on whole val photos), by
+    name, and the names of those under their threshold (`unknown_reason`: empty for a photo of the classes)."""
 
     path: Path
     probabilities: np.ndarray | None
     error: str = ""
+    unknown_scores: dict[str, float] = field(default_factory=dict)
+    unknown_reason: tuple[str, ...] = ()
 
 
 def load_views(source: Path | bytes, transform: ViewTransform) -> tuple[np.ndarray | None, str]:
@@ -78,7 +82,7 @@ def predict_files(
     description: str = "predict",
     decode_threads: int = DECODE_THREADS,
 ) -> Iterator[Prediction]:
-    """Class probabilities for each file, in order, `batch_size` files per forward pass.
+    """Class probabilities and none-of-these flags for each file, in order, `batch_size` files per forward pass.
 
     With `decode_threads`, the next batch is decoded while the model runs on this one.
     """
@@ -94,14 +98,25 @@ def predict_files(
             loaded = [future.result() for future in pending]
             pending = submit(start + batch_size) if start + batch_size < len(sources) else []
             readable = [(index, views) for index, (views, _) in enumerate(loaded) if views is not None]
-            probabilities = {}
+            predicted = {}
             if readable:
                 stacked = np.concatenate([views for _, views in readable])
                 n_views = len(readable[0][1])
-                averaged = predictor.probabilities(stacked).reshape(len(readable), n_views, -1).mean(axis=1)
-                probabilities = {index: row for (index, _), row in zip(readable, averaged, strict=True)}
+                scored = predictor.predict(stacked)
+                averaged = scored.probabilities.reshape(len(readable), n_views, -1).mean(axis=1)
+                first = slice(0, len(stacked), n_views)
+                names = predictor.unknown_scores
+                for (index, _), row, scores, flags in zip(
+                    readable, averaged, scored.scores[first], scored.flags[first], strict=True
+                ):
+                    predicted[index] = Prediction(
+                        sources[start + index],
+                        row,
+                        unknown_scores={name: float(value) for name, value in zip(names, scores, strict=True)},
+                        unknown_reason=tuple(name for name, flag in zip(names, flags, strict=True) if flag),
+                    )
             for index, (_, error) in enumerate(loaded):
-                yield Prediction(sources[start + index], probabilities.get(index), error)
+                yield predicted.get(index) or Prediction(sources[start + index], None, error)
 
 
 def files_to_predict(targets: list[Path]) -> tuple[list[tuple[Path, Path]], list[str]]:
@@ -144,42 +159,45 @@ def label_from_path(path: Path, target: Path, classes: list[str]) -> str | None:
 
 @dataclass(frozen=True)
 class LabelledResult:
-    """A prediction with its most probable class, confidence, whether it is none of the classes (`unknown`) and
-    (when the file name or folder tells it) its true class."""
+    """A prediction with its most probable class, confidence, why it is none of the classes (`unknown_reason`, the
+    names of the scores that flagged it; empty: it is one of them) and (when the file name or folder tells it) its
+    true class."""
 
     path: Path
     label: str
     confidence: float
     probabilities: dict[str, float]
     true_label: str | None
-    unknown: bool = False
+    unknown_reason: tuple[str, ...] = ()
+
+    @property
+    def unknown(self) -> bool:
+        return bool(self.unknown_reason)
 
     def as_json(self) -> dict:
         """The object `imageclf predict --json` prints and `imageclf serve` answers: an unknown photo has `label`
-        null and `unknown` true, its class probabilities kept."""
+        null, `unknown` true and the scores that flagged it in `unknown_reason`, its class probabilities kept."""
         return {
             "path": str(self.path),
             "label": None if self.unknown else self.label,
             "unknown": self.unknown,
+            "unknown_reason": list(self.unknown_reason),
             "confidence": self.confidence,
             "probabilities": self.probabilities,
         } | ({"true_label": self.true_label} if self.true_label else {})
 
 
-def labelled_result(
-    prediction: Prediction, target: Path, classes: list[str], unknown_threshold: float | None = None
-) -> LabelledResult:
+def labelled_result(prediction: Prediction, target: Path, classes: list[str]) -> LabelledResult:
     """A readable file's prediction, its classes named in the model's (training) order."""
     probabilities = prediction.probabilities
     best = int(np.argmax(probabilities))
-    confidence = float(probabilities[best])
     return LabelledResult(
         prediction.path,
         classes[best],
-        confidence,
+        float(probabilities[best]),
         {label: float(p) for label, p in zip(classes, probabilities, strict=True)},
         label_from_path(prediction.path, target, classes),
-        is_unknown(confidence, unknown_threshold),
+        prediction.unknown_reason,
     )
 
 
@@ -190,7 +208,7 @@ def predict_folder(
     found, _ = files_to_predict([folder])
     predictions = list(predict_files(predictor, [path for path, _ in found], tta, batch_size, description=description))
     results = [
-        labelled_result(prediction, folder, predictor.classes, predictor.unknown_threshold)
+        labelled_result(prediction, folder, predictor.classes)
         for prediction in predictions
         if prediction.probabilities is not None
     ]

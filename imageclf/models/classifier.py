@@ -29,6 +29,20 @@ class Classifier(nn.Module):
         return self.head(self.backbone(images))
 
 
+class WithFeatures(nn.Module):
+    """A classifier whose output is its logits (or probabilities, with `softmax`) and its backbone's features: what
+    an ONNX export of it outputs, so that the none-of-these nodes (`unknown.onnx_unknown`) can read the features."""
+
+    def __init__(self, classifier: Classifier, softmax: bool):
+        super().__init__()
+        self.classifier, self.softmax = classifier, softmax
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.classifier.backbone(images)
+        logits = self.classifier.head(features)
+        return (torch.softmax(logits, dim=1) if self.softmax else logits), features
+
+
 def read_state_dict(path: Path) -> StateDict:
     """A state dict saved with `torch.save`, or the backbone of a model file this project wrote."""
     try:

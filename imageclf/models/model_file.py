@@ -1,12 +1,13 @@
 """The model file (`models/model.pt`): a trained classifier with what it takes to use it (its class names, its
-preprocessing, its unknown threshold and, for a frozen backbone on ONNX Runtime, the backbone graph that computed its
-training features). Written by `save_model`, read back by `load_model`; `carried_backbone` reads just the graph and
-the head, without building the architecture."""
+preprocessing, its none-of-these detector and, for a frozen backbone on ONNX Runtime, the backbone graph that computed
+its training features). Written by `save_model`, read back by `load_model`; `carried_backbone` reads just the graph,
+the head and the detector, without building the architecture."""
 
 import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from imageclf.core.errors import UserError
@@ -14,14 +15,15 @@ from imageclf.core.files import write_atomic
 from imageclf.data.images import Preprocessing
 from imageclf.models.classifier import HEAD_LINEAR, MODEL_FILE_KEYS, Classifier, create_model
 from imageclf.models.head import LinearHead
+from imageclf.models.unknown import UnknownDetector
 
 
 @dataclass(frozen=True)
 class SavedModel:
     """A trained classifier of architecture `architecture` with its class names and preprocessing.
 
-    `unknown_threshold`: a photo whose top probability is under it is none of the classes (None: never), chosen on
-    the val split by the train stage; files written before it existed load without one.
+    `unknown`: what flags a photo as none of the classes, fitted on the training photos' features and calibrated on
+    val by the train stage; files written before it existed load without one, and flag no photo.
     `backbone_onnx`: for a frozen backbone on ONNX Runtime, the graph that computed the training features, at
     `backbone_precision` (fp32 or int8), so that prediction runs the same backbone the head was trained on.
     """
@@ -30,7 +32,7 @@ class SavedModel:
     architecture: str
     classes: list[str]
     preprocessing: Preprocessing
-    unknown_threshold: float | None = None
+    unknown: UnknownDetector | None = None
     backbone_onnx: bytes | None = None
     backbone_precision: str = "fp32"
 
@@ -66,11 +68,24 @@ def save_model(path: Path, saved: SavedModel) -> None:
             "mean": list(saved.preprocessing.mean),
             "std": list(saved.preprocessing.std),
             **graph,
-            "unknown_threshold": saved.unknown_threshold,
+            **({} if saved.unknown is None else {"unknown": detector_tensors(saved.unknown)}),
         },
         buffer,
     )
     write_atomic(Path(path), buffer.getvalue())
+
+
+def detector_tensors(detector: UnknownDetector) -> dict:
+    """The detector's state with its arrays as tensors, which `weights_only` loading accepts."""
+    return {
+        name: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+        for name, value in detector.state().items()
+    }
+
+
+def saved_detector(saved: dict) -> UnknownDetector | None:
+    """The detector a model file keeps; None in a file written before it existed."""
+    return None if saved.get("unknown") is None else UnknownDetector.from_state(saved["unknown"])
 
 
 def read_model_file(path: Path) -> dict:
@@ -102,13 +117,12 @@ def load_model(path: Path) -> SavedModel:
             f"'{path}' does not match the '{saved['model']}' architecture with {len(saved['classes'])} classes"
         ) from None
     graph = saved.get("backbone_onnx")
-    threshold = saved.get("unknown_threshold")
     return SavedModel(
         classifier.eval(),
         saved["model"],
         list(saved["classes"]),
         preprocessing,
-        unknown_threshold=None if threshold is None else float(threshold),
+        unknown=saved_detector(saved),
         backbone_onnx=None if graph is None else graph.numpy().tobytes(),
         backbone_precision=saved.get("backbone_precision", "fp32"),
     )
@@ -116,18 +130,20 @@ def load_model(path: Path) -> SavedModel:
 
 @dataclass(frozen=True)
 class CarriedBackbone:
-    """A model file's backbone graph, at its precision, and its head: features in, probabilities out."""
+    """A model file's backbone graph, at its precision, its head and its detector: features in, probabilities and
+    flags out."""
 
     architecture: str
     graph: bytes
     precision: str
     preprocessing: Preprocessing
     head: LinearHead
+    unknown: UnknownDetector | None
 
 
 def carried_backbone(path: Path) -> CarriedBackbone | None:
-    """The backbone graph a model file carries with its head, None when it carries none; read without building the
-    architecture (which imports timm)."""
+    """The backbone graph a model file carries with its head and detector, None when it carries none; read without
+    building the architecture (which imports timm)."""
     saved = read_model_file(path)
     if saved.get("backbone_onnx") is None:
         return None
@@ -138,4 +154,5 @@ def carried_backbone(path: Path) -> CarriedBackbone | None:
         saved["backbone_precision"],
         Preprocessing(saved["image_size"], tuple(saved["mean"]), tuple(saved["std"])),
         LinearHead(state_dict[f"{HEAD_LINEAR}.weight"].numpy(), state_dict[f"{HEAD_LINEAR}.bias"].numpy()),
+        saved_detector(saved),
     )

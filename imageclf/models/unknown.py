@@ -42,6 +42,9 @@ STATE_VERSION = 1
 # Relative: 10 × the largest NumPy-ONNX Runtime difference measured on real features (docs/unknown.md).
 THRESHOLD_MARGIN = 1e-5
 
+# The names of every node, initializer and output `onnx_unknown` adds start with this.
+UNKNOWN_NODES = "unknown"
+
 # Why a photo was flagged, by score name: the words `predict` and the serve page show.
 REASONS = {
     "knn": "far from every training photo (feature distance)",
@@ -50,8 +53,11 @@ REASONS = {
 
 
 def normalised(features: np.ndarray) -> np.ndarray:
+    """Each row at unit length; a row of zeros (a ReLU backbone can give one) stays zeros, as ONNX's
+    LpNormalization leaves it, so its similarity to every training photo is 0."""
     features = np.asarray(features, dtype=np.float32)
-    return features / np.linalg.norm(features, axis=1, keepdims=True)
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return np.divide(features, norms, out=np.zeros_like(features), where=norms > 0)
 
 
 def logsumexp(values: np.ndarray) -> np.ndarray:
@@ -111,13 +117,17 @@ def learned_synsets(
     probabilities: np.ndarray, labels: np.ndarray, classes: Sequence[str], min_probability: float
 ) -> dict[str, list[int]]:
     """Each class's synsets: those its training photos give a mean ImageNet probability of at least
-    `min_probability`."""
+    `min_probability`, and at least the one they give the most (photos the ImageNet classifier finds like nothing in
+    particular, such as plain colours, spread their probability under that bar)."""
     labels = np.asarray(labels)
-    return {
-        name: [int(index) for index in np.nonzero(probabilities[labels == label].mean(axis=0) >= min_probability)[0]]
-        for label, name in enumerate(classes)
-        if np.any(labels == label)
-    }
+    synsets = {}
+    for label, name in enumerate(classes):
+        if np.any(labels == label):
+            mean = probabilities[labels == label].mean(axis=0)
+            synsets[name] = sorted(
+                {int(np.argmax(mean)), *(int(index) for index in np.nonzero(mean >= min_probability)[0])}
+            )
+    return synsets
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -214,6 +224,13 @@ class UnknownDetector:
         under = {name: values < self.thresholds[name] for name, values in scores.items()}
         reasons = [tuple(name for name in under if under[name][row]) for row in range(len(features))]
         return Flags(np.array([bool(reason) for reason in reasons], dtype=bool), reasons)
+
+    def outputs(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """What the ONNX nodes of `onnx_unknown` output for these features, computed in NumPy."""
+        scores = self.scores(features)
+        flags = np.stack([scores[name] < self.thresholds[name] for name in self.score_names], axis=1)
+        named = {f"unknown_score_{name}": values for name, values in scores.items()}
+        return {"unknown": flags.any(axis=1), "unknown_flags": flags} | named
 
     def state(self) -> dict:
         """Arrays and plain Python: `torch.from_numpy` each array to keep it in a `weights_only` model file."""

@@ -50,8 +50,7 @@ class FitResult:
     stop_reason: str = ""
     weight_decay: float = 0.0  # the L2 strength trained with: train.weight_decay, or the one `auto` chose
     val_loss_by_weight_decay: dict[float, float] = field(default_factory=dict)  # `auto`: every candidate's
-    unknown_threshold: float | None = None  # set after training by `train.choose_unknown_threshold`
-    val_unknown_share: float | None = None  # the share of val photos that threshold rejects
+    unknown: dict = field(default_factory=dict)  # the detector's scores, thresholds and val share flagged, once fitted
 
     @property
     def best_val_loss(self) -> float:
@@ -62,18 +61,17 @@ class FitResult:
         return {"epochs": len(self.history), "val_loss": self.best_val_loss}
 
     def details(self) -> dict:
-        """metrics/details/train.json: the L2 strength (and every candidate's val loss), the unknown threshold, and
-        the best and the last epoch's losses and accuracies."""
+        """metrics/details/train.json: the L2 strength (and every candidate's val loss), the none-of-these detector's
+        thresholds, and the best and the last epoch's losses and accuracies."""
 
         def stats(epoch: EpochStats) -> dict:
             return {key: value for key, value in asdict(epoch).items() if key != "epoch"}
 
         search = {"val_loss_by_weight_decay": {str(key): loss for key, loss in self.val_loss_by_weight_decay.items()}}
-        unknown = {"unknown_threshold": self.unknown_threshold, "val_unknown_share": self.val_unknown_share}
         return {
             "weight_decay": self.weight_decay,
             **(search if self.val_loss_by_weight_decay else {}),
-            **(unknown if self.unknown_threshold is not None else {}),
+            **({"unknown": self.unknown} if self.unknown else {}),
             "best_epoch": self.best_epoch,
             "epochs": len(self.history),
             "best": stats(self.history[self.best_epoch - 1]),

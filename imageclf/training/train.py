@@ -1,55 +1,21 @@
-"""The train stage's work: set the run up, train what its mode trains on what its mode feeds it, choose the unknown
-threshold on val, and return the model file's contents (`train_from_params`)."""
+"""The train stage's work: set the run up, train what its mode trains on what its mode feeds it, fit the
+none-of-these detector, and return the model file's contents (`train_from_params`)."""
 
 import hashlib
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from imageclf.core.device import rank
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.params import DataParams
 from imageclf.models.model_file import SavedModel
+from imageclf.training.detector import fit_detector
 from imageclf.training.loop import Checkpointing, FitResult, fit, fit_choosing_weight_decay, torch_threads
 from imageclf.training.optim import WEIGHT_DECAY_AUTO
 from imageclf.training.params import TrainParams
 from imageclf.training.setup import Inputs, Run, feed, set_up
-
-# The share of val photos the unknown threshold may flag: it is set as high as that allows.
-UNKNOWN_VAL_SHARE = 0.01
-
-
-def unknown_threshold(confidences: np.ndarray, share: float = UNKNOWN_VAL_SHARE) -> float:
-    """The largest threshold under which at most floor(share × n) of these top probabilities fall: a photo
-    is called none of the classes when its top probability is under it (`predictor.is_unknown`)."""
-    ranked = np.sort(np.asarray(confidences, dtype=np.float64))
-    return float(ranked[math.floor(round(share * len(ranked), 9))])
-
-
-def choose_unknown_threshold(
-    result: FitResult, network: nn.Module, val_inputs: Dataset, batch_size: int, device: torch.device
-) -> FitResult:
-    """Set the result's unknown threshold from the trained `network`'s top softmax probability on each val input
-    (images, or their frozen features when `network` is the head): val photos are all of the classes, so few of
-    them may fall under it."""
-    network.eval()
-    with torch.no_grad():
-        confidences = torch.cat(
-            [
-                network(inputs.to(device)).float().softmax(dim=1).amax(dim=1).cpu()
-                for inputs, _ in DataLoader(val_inputs, batch_size=batch_size)
-            ]
-        ).numpy()
-    result.unknown_threshold = unknown_threshold(confidences)
-    result.val_unknown_share = float(np.mean(confidences < result.unknown_threshold))
-    return result
 
 
 def run_fingerprint(data: DataParams, train: TrainParams, train_data: ImageDataset, val_data: ImageDataset) -> str:
@@ -72,8 +38,8 @@ def run_fingerprint(data: DataParams, train: TrainParams, train_data: ImageDatas
 def train_run(
     run: Run, checkpointing: Checkpointing | None = None, on_epoch: Callable[[FitResult], None] | None = None
 ) -> tuple[FitResult, Inputs]:
-    """Train what the run's mode trains, on what the mode feeds it, and choose the unknown threshold on val; the
-    classifier ends holding its best epoch's weights.
+    """Train what the run's mode trains, on what the mode feeds it; the classifier ends holding its best epoch's
+    weights.
 
     Where the mode trains a head on stored features, an epoch costs milliseconds, and `train.weight_decay: auto`
     tries several L2 strengths (`fit_choosing_weight_decay`); elsewhere each would be a whole training run, and
@@ -87,7 +53,6 @@ def train_run(
         else:
             config = replace(train, weight_decay=0.0) if train.weight_decay == WEIGHT_DECAY_AUTO else train
             result = fit(fed.network, fed.train, fed.val, config, run.device, checkpointing, on_epoch)
-        choose_unknown_threshold(result, fed.network, fed.val, train.batch_size, run.device)
     return result, fed
 
 
@@ -99,7 +64,8 @@ def train_from_params(
     checkpoint_path: Path | None = None,
     on_epoch: Callable[[FitResult], None] | None = None,
 ) -> tuple[SavedModel, FitResult]:
-    """Train `train.model` in `train.mode` on the two manifest folders and return the model file's contents.
+    """Train `train.model` in `train.mode` on the two manifest folders, fit the none-of-these detector on the
+    training photos' features (calibrated on val's), and return the model file's contents.
 
     With `checkpoint_path`, a run killed part way resumes from its last checkpoint; the checkpoint is removed once
     training has finished.
@@ -112,10 +78,11 @@ def train_from_params(
     result, fed = train_run(run, checkpointing, on_epoch)
     if checkpointing is not None and rank() == 0:
         checkpointing.remove()
+    detector = None
+    if rank() == 0:  # the one process that writes the model file
+        detector, result.unknown = fit_detector(run, fed)
     classifier = run.classifier.cpu().eval()
-    saved = SavedModel(
-        classifier, train.model, data.classes, run.train_data.preprocess, unknown_threshold=result.unknown_threshold
-    )
+    saved = SavedModel(classifier, train.model, data.classes, run.train_data.preprocess, unknown=detector)
     if fed.frozen is not None and fed.frozen.carries_graph:
         saved = replace(saved, backbone_onnx=fed.frozen.onnx_graph(), backbone_precision=train.backbone_precision)
     return saved, result

@@ -103,9 +103,11 @@ def test_a_run_without_predictions_or_with_other_photos_gets_one_line_and_no_pai
     assert len(lines) == 1 and "a and elsewhere have the same seeds but not the same test photos" in lines[0]
 
 
-def test_an_experiment_still_running_in_the_workspace_is_left_out() -> None:
+def test_an_experiment_still_running_in_the_workspace_is_left_out_and_experiments_come_first() -> None:
     """`dvc exp show --json` (DVC 3) while `dvc exp run` runs in the workspace: the running experiment has the rev
-    "workspace" and the workspace's files, the previous experiment's results, which must not count as its own."""
+    "workspace" and the workspace's files, the previous experiment's results, which must not count as its own.
+    Finished experiments come before commits and the workspace, whose outputs may predate their params (a
+    params.yaml edited and committed without `dvc repro` once made a curve's point average in the sample's run)."""
     finished = {"rev": "2978cd0663f4b4df36bb0266db42e371cb7e8f41", "timestamp": "2026-11-29T19:04:23", "meta": {}}
     running = {"rev": "workspace", "timestamp": None, "meta": {}}
     shown = [
@@ -121,9 +123,10 @@ def test_an_experiment_still_running_in_the_workspace_is_left_out() -> None:
                     ]
                 },
             ],
-        }
+        },
+        {"rev": "9c1e0b2f" * 5, "name": "main", "data": {"rev": "9c1e0b2f" * 5, "meta": {}}, "experiments": None},
     ]
-    assert [name for name, _ in shown_revisions(shown)] == ["workspace", "grid-a"]
+    assert [name for name, _ in shown_revisions(shown)] == ["grid-a", "main", "workspace"]
 
 
 def test_no_finished_experiment_is_one_line(tmp_path: Path) -> None:

@@ -164,20 +164,24 @@ def revision_name(entry: dict) -> str:
 
 
 def shown_revisions(shown: list[dict]) -> list[tuple[str, dict]]:
-    """(name, data) of the workspace, each commit and each of their experiments in `dvc exp show --json`.
+    """(name, data) of each experiment, then each commit, then the workspace, in `dvc exp show --json`.
 
-    An experiment running in the workspace is listed with the rev "workspace" and the workspace's files, which
-    still hold the previous experiment's results: it is left out until it has finished and has a commit.
+    Experiments come first because `dvc exp run` made their outputs from their params; a commit or the workspace
+    may hold params edited after its outputs were made (params.yaml changed and committed without `dvc repro`),
+    and must not stand in for the experiment that ran those params. An experiment running in the workspace is
+    listed with the rev "workspace" and the workspace's files, which still hold the previous experiment's results:
+    it is left out until it has finished and has a commit.
     """
-    revisions = []
+    experiments, commits = [], []
     for commit in shown:
         if commit.get("data"):
-            revisions.append((revision_name(commit), commit["data"]))
+            commits.append((revision_name(commit), commit["data"]))
         for experiment in commit.get("experiments") or []:
             for revision in experiment.get("revs") or []:
                 if revision.get("data") and revision["rev"] != "workspace":
-                    revisions.append((revision_name(revision), revision["data"]))
-    return revisions
+                    experiments.append((revision_name(revision), revision["data"]))
+    commits.sort(key=lambda revision: revision[0] == "workspace")
+    return experiments + commits
 
 
 def run_of(project: Path, name: str, data: dict) -> Run | None:
@@ -231,11 +235,10 @@ def load_experiments(project: Path, names: list[str], all_commits: bool) -> tupl
 
     The pipeline is deterministic, so revisions with the same params are one run shown twice (the workspace
     after `dvc exp run` holds the last experiment's results): each set of params counts once, under its
-    first name, experiment names before "workspace".
+    first name in `shown_revisions`' order (experiments, then commits, then the workspace).
     """
     shown = json.loads(dvc(["exp", "show", "--json", *(["--all-commits"] if all_commits else [])], project) or "[]")
     revisions = shown_revisions(shown)
-    revisions.sort(key=lambda revision: revision[0] == "workspace")
     if names:
         known = {name for name, _ in revisions} | {data["rev"] for _, data in revisions}
         missing = [name for name in names if name not in known]

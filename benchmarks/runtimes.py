@@ -39,7 +39,6 @@ from imageclf.data.datasets import ImageDataset
 from imageclf.data.params import DataParams
 from imageclf.models.architectures import MODELS, preprocessing_for
 from imageclf.models.classifier import create_model
-from imageclf.training.modes import MODES
 from imageclf.training.params import TrainParams
 from imageclf.training.setup import Run, seed_everything
 from imageclf.training.train import train_run
@@ -95,7 +94,7 @@ def accuracy(name: str, size: int, split: Path, runtime: str, precision: str) ->
     seed_everything(config.seed)
     model = create_model(name, len(classes), size, pretrained=True)
     start = time.perf_counter()
-    result, _ = train_run(Run(data, config, MODES[config.mode], model, train, val, torch.device("cpu")))
+    result, _ = train_run(Run(data, config, config.training_mode, model, train, val, torch.device("cpu")))
     train_s = time.perf_counter() - start
     labels = torch.tensor(test.labels)
     scores = {}

@@ -21,7 +21,6 @@ from imageclf.data.splitting import make_split
 from imageclf.models.classifier import Classifier
 from imageclf.models.model_file import save_model
 from imageclf.training.loop import FitResult
-from imageclf.training.modes import MODES
 from imageclf.training.params import TrainParams
 from imageclf.training.setup import Run
 from imageclf.training.train import train_from_params, train_run
@@ -82,7 +81,7 @@ def train_classifier(
 ) -> FitResult:
     """Train an already built classifier on already read datasets as the train stage would (`train_run`)."""
     data = DataParams("", CLASSES, train_data.preprocess.image_size)
-    return train_run(Run(data, config, MODES[config.mode], classifier, train_data, val_data, device))[0]
+    return train_run(Run(data, config, config.training_mode, classifier, train_data, val_data, device))[0]
 
 
 def set_params(project: Path, **params: object) -> None:

@@ -15,6 +15,7 @@ from urllib.error import URLError
 
 from imageclf.core.errors import UserError
 from imageclf.data.images import Preprocessing
+from imageclf.models.blocks import timm_efficientnet_chain, torchvision_efficientnet_chain, torchvision_resnet_chain
 
 if TYPE_CHECKING:
     import torch
@@ -31,7 +32,8 @@ class ModelSpec:
     """One architecture: its backbone (images → feature vectors), its preprocessing and its weights.
 
     `load_weights` puts a state dict of the whole architecture (as torchvision, timm or the weights
-    package save it, classifier included) into the backbone; `imagenet_weights` fetches the ImageNet one.
+    package save it, classifier included) into the backbone; `imagenet_weights` fetches the ImageNet one. `chain`
+    lists its modules as stem, blocks and tail, where `train.trainable_blocks` can train the last blocks.
     """
 
     build_backbone: Callable[[int], nn.Module]
@@ -41,6 +43,7 @@ class ModelSpec:
     load_weights: Callable[[nn.Module, StateDict], None]
     imagenet_weights: Callable[[], StateDict] | None = None
     min_image_size: int = 32
+    chain: Callable[[nn.Module], list[nn.Module]] | None = None  # blocks.py: the backbone as stem, blocks, tail
 
 
 def original_cnn(image_size: int) -> nn.Module:
@@ -158,6 +161,7 @@ def torchvision_spec(name: str, classifier: str, input_size: int) -> ModelSpec:
         IMAGENET_STD,
         load_weights=load_by_name(f"{classifier}."),
         imagenet_weights=torchvision_imagenet_weights(name),
+        chain=torchvision_resnet_chain if name.startswith("resnet") else torchvision_efficientnet_chain,
     )
 
 
@@ -173,6 +177,7 @@ def lite_spec(architecture: str, input_size: int, weights: PackagedWeights) -> M
         (0.5, 0.5, 0.5),
         load_weights=load_by_position,
         imagenet_weights=weights,
+        chain=timm_efficientnet_chain,
     )
 
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from imageclf.core.errors import UserError
 from imageclf.models.architectures import model_spec, preprocessing_for
+from imageclf.models.blocks import block_count, split_chain
 
 StateDict = dict[str, torch.Tensor]
 # The state dict prefix of the linear layer in a Classifier's head (dropout, linear).
@@ -24,6 +25,15 @@ class Classifier(nn.Module):
         with torch.no_grad():
             num_features = backbone.eval()(torch.zeros(1, 3, image_size, image_size)).shape[1]
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, num_classes))
+
+    @classmethod
+    def of(cls, backbone: nn.Module, head: nn.Module) -> "Classifier":
+        """A classifier of an existing head: the last blocks of a backbone that train with their head
+        (`split_backbone`) are one."""
+        classifier = cls.__new__(cls)
+        nn.Module.__init__(classifier)
+        classifier.backbone, classifier.head = backbone, head
+        return classifier
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(images))
@@ -93,3 +103,18 @@ def create_model(
             problem = str(error).strip().splitlines()[0]
             raise UserError(f"{source} do not fit train.model '{name}': {problem}") from None
     return Classifier(backbone, num_classes, image_size, dropout)
+
+
+def split_backbone(name: str, backbone: nn.Module, trainable_blocks: int) -> tuple[nn.Module, nn.Module]:
+    """Model `name`'s backbone as (its frozen first blocks, its last `trainable_blocks` blocks and tail), the
+    backbone's own modules (`blocks.py`)."""
+    chain = model_spec(name).chain
+    if chain is None:
+        raise UserError(f"train.trainable_blocks: train.model '{name}' has no pretrained blocks: set it to 0")
+    modules = chain(backbone)
+    if not 0 <= trainable_blocks <= block_count(modules):
+        raise UserError(
+            f"train.trainable_blocks {trainable_blocks}: train.model '{name}' has {block_count(modules)} blocks; "
+            f"use 0 (the head only) to {block_count(modules)}"
+        )
+    return split_chain(modules, trainable_blocks)

@@ -166,7 +166,10 @@ class UnknownDetector:
     def note(self) -> str:
         """What a user should know about how this detector decides, or "" when it uses every score."""
         if self.imagenet is None:
-            return "feature distance only: this model's backbone has no ImageNet classifier"
+            return (
+                "feature distance only: no ImageNet classifier reads this model's features "
+                "(its backbone trained, or never had one)"
+            )
         return ""
 
     @classmethod

@@ -2,22 +2,19 @@
 features and calibrated on val's, so the model file flags photos of none of its classes.
 
 A frozen backbone's features are already there (the stored features the head trained on), and its ImageNet
-classifier still reads them. A backbone that trained (fromzero, fine_tuning) costs one more pass over the training
-and val images for its new features, and its ImageNet classifier, if it ever had one, no longer fits them: the
-feature distance alone decides, and the detector says so.
+classifier still reads them. A backbone that trained (fromzero, fine_tuning, trainable blocks) costs one more pass
+for its new features (over the images, or the stored activations of its frozen blocks), and its ImageNet
+classifier, if it ever had one, no longer fits them: the feature distance alone decides, and the detector says so.
 """
 
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from imageclf.core.device import loader_options
-from imageclf.data.datasets import ImageDataset
 from imageclf.models.architectures import model_spec
 from imageclf.models.classifier import read_state_dict
 from imageclf.models.unknown import UnknownDetector, imagenet_classifier
+from imageclf.training.loop import labels_of
 from imageclf.training.setup import Inputs, Run
 
 
@@ -36,23 +33,11 @@ def imagenet_head(run: Run, width: int) -> tuple[np.ndarray, np.ndarray] | None:
     return classifier if classifier is not None and classifier[0].shape[1] == width else None
 
 
-def backbone_features(run: Run, dataset: ImageDataset) -> np.ndarray:
-    """The trained backbone's features of every image of `dataset`, in order."""
-    backbone = run.classifier.backbone.eval()
-    loader = DataLoader(dataset, batch_size=run.train.batch_size, **loader_options(run.device))
-    with torch.inference_mode():
-        return torch.cat([backbone(images.to(run.device)).float().cpu() for images, _ in loader]).numpy()
-
-
 def fit_detector(run: Run, fed: Inputs) -> tuple[UnknownDetector, dict]:
     """The detector of the trained run, and what `metrics/details/train.json` records of it: the scores, their
     thresholds, the val share flagged (overall and per score) and, when a score is missing, why."""
-    if fed.frozen is not None:
-        features, labels = (tensor.numpy() for tensor in fed.train.tensors)
-        val = fed.val.tensors[0].numpy()
-    else:
-        features, labels = backbone_features(run, run.train_data), np.array(run.train_data.labels)
-        val = backbone_features(run, run.val_data)
+    features, val = (fed.features(dataset).numpy() for dataset in (fed.train, fed.val))
+    labels = labels_of(fed.train).numpy()
     detector = UnknownDetector.fit(features, labels, run.data.classes, val, imagenet_head(run, features.shape[1]))
     flags = detector.flags(val)
     details = {

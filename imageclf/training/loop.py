@@ -23,8 +23,7 @@ from imageclf.core.files import write_atomic
 from imageclf.data.datasets import ImageDataset
 from imageclf.models.classifier import Classifier
 from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
-from imageclf.training.modes import MODES
-from imageclf.training.optim import build_optimizer, build_schedule, step_schedule
+from imageclf.training.optim import WEIGHT_DECAY_AUTO, build_optimizer, build_schedule, step_schedule
 from imageclf.training.params import TrainParams
 from imageclf.training.stopping import MONITORS, Plateau
 
@@ -211,7 +210,7 @@ def parameter_groups(model: nn.Module, config: TrainParams) -> list[dict]:
     """One group per learning rate: where a mode fine-tunes, the backbone learns at `lr × backbone_lr_scale`."""
     if not isinstance(model, Classifier):
         return [{"params": list(model.parameters()), "lr": config.lr}]
-    backbone_scale = config.backbone_lr_scale if MODES[config.mode].fine_tunes else 1.0
+    backbone_scale = config.backbone_lr_scale if config.training_mode.fine_tunes else 1.0
     return [
         {"params": list(model.backbone.parameters()), "lr": config.lr * backbone_scale},
         {"params": list(model.head.parameters()), "lr": config.lr},
@@ -321,7 +320,7 @@ class TrainableLayers:
 
     def __init__(self, model: nn.Module, config: TrainParams):
         self.model, self.warmup_epochs = model, config.warmup_epochs
-        self.fine_tuning = isinstance(model, Classifier) and MODES[config.mode].fine_tunes
+        self.fine_tuning = isinstance(model, Classifier) and config.training_mode.fine_tunes
         self.wrapper: nn.Module | None = None
         self.wrapped_frozen = False
 
@@ -435,6 +434,62 @@ def fit_choosing_weight_decay(
     if rank() == 0:
         print(f"train.weight_decay auto: {best.weight_decay} (val loss {best.best_val_loss:.4f})")
     return best
+
+
+def fit_head_first(
+    network: Classifier,
+    train_data: TensorDataset,
+    val_data: TensorDataset,
+    features: Callable[[Dataset], torch.Tensor],
+    config: TrainParams,
+    device: torch.device,
+    checkpointing: Checkpointing | None = None,
+    on_epoch: Callable[[FitResult], None] | None = None,
+) -> FitResult:
+    """Train the head alone on the features of the blocks' inputs (as on a frozen backbone: `train.epochs`, L2
+    chosen on val), then the blocks with it for `train.block_epochs` epochs, the blocks at the backbone's
+    learning rate; the weights of the epoch of lowest val loss are kept, the head-only epochs included.
+
+    A new head would send large, random gradients into pretrained blocks; a head that already fits their features
+    lets them move only as far as the data asks. The result's history holds both phases, the head's first.
+    """
+    labels = labels_of(train_data), labels_of(val_data)
+    train_features, val_features = (
+        TensorDataset(features(data), label) for data, label in zip((train_data, val_data), labels, strict=True)
+    )
+    with torch_threads(1):  # a head's matrices are too small to share out between threads
+        if config.weight_decay == WEIGHT_DECAY_AUTO:
+            head = fit_choosing_weight_decay(network.head, train_features, val_features, config, device, on_epoch)
+        else:
+            head = fit(network.head, train_features, val_features, config, device, on_epoch=on_epoch)
+    probed = copy.deepcopy(network.state_dict())
+    head_epochs = len(head.history)
+
+    def on_block_epoch(result: FitResult) -> None:
+        if on_epoch is not None:
+            on_epoch(joined(head, result, head_epochs))
+
+    blocks_config = replace(config, epochs=config.block_epochs, weight_decay=head.weight_decay)
+    blocks = fit(network, train_data, val_data, blocks_config, device, checkpointing, on_block_epoch)
+    result = joined(head, blocks, head_epochs)
+    if head.best_val_loss <= blocks.best_val_loss:  # the blocks did not help on val: keep them as they were
+        network.load_state_dict(probed)
+        result.best_epoch, result.best_state = head.best_epoch, probed
+    return result
+
+
+def joined(head: FitResult, blocks: FitResult, head_epochs: int) -> FitResult:
+    """One history of both phases: the blocks' epochs numbered after the head's; the blocks' best epoch kept."""
+    history = head.history + [replace(epoch, epoch=epoch.epoch + head_epochs) for epoch in blocks.history]
+    best_epoch = blocks.best_epoch + head_epochs if blocks.best_epoch else 0
+    return FitResult(
+        history,
+        best_epoch,
+        blocks.best_state,
+        blocks.stop_reason,
+        head.weight_decay,
+        head.val_loss_by_weight_decay,
+    )
 
 
 @contextmanager

@@ -4,13 +4,15 @@ The study notes compare three ways to train a classifier; each is a row here, an
 (`MODES[train.mode]`) instead of comparing mode names.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # How training data reaches the network that trains.
 FEATURES = (
     "features"  # the frozen backbone's feature vector of each image, from the feature store: only the head trains
 )
 IMAGES = "images"  # decoded photos through the whole network
+# the activations of the frozen first blocks, from the feature store: the last blocks and the head train
+ACTIVATIONS = "activations"
 
 
 @dataclass(frozen=True)
@@ -20,13 +22,28 @@ class Mode:
     `pretrained`: the backbone starts from pretrained weights (`train.weights`, or the architecture's ImageNet ones).
     `trains_backbone`: the backbone's weights change; with `pretrained` it learns at `lr × train.backbone_lr_scale`
     and waits `train.warmup_epochs` while the new head settles.
-    `inputs`: FEATURES or IMAGES.
+    `inputs`: FEATURES, ACTIVATIONS or IMAGES.
+    `partial`: `train.trainable_blocks` may train the backbone's last blocks too (`with_trainable_blocks`).
     """
 
     pretrained: bool
     trains_backbone: bool
     inputs: str
     description: str
+    partial: bool = False
+
+    def with_trainable_blocks(self, count: int) -> "Mode":
+        """This mode with the backbone's last `count` blocks training: on the stored activations of the frozen
+        blocks before them, at the backbone's learning rate, after the head alone has trained."""
+        if not count:
+            return self
+        return replace(
+            self,
+            trains_backbone=True,
+            inputs=ACTIVATIONS,
+            description=f"the last {count} blocks of the pretrained backbone and a new head, on the stored "
+            "activations of the frozen blocks before them",
+        )
 
     @property
     def fine_tunes(self) -> bool:
@@ -49,6 +66,7 @@ MODES: dict[str, Mode] = {
         trains_backbone=False,
         inputs=FEATURES,
         description="a new head on the frozen pretrained backbone's features",
+        partial=True,
     ),
     "fine_tuning": Mode(
         pretrained=True,

@@ -11,7 +11,7 @@ from imageclf.core.config import one_of, require
 from imageclf.core.device import DEVICES
 from imageclf.models.architectures import MODELS
 from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
-from imageclf.training.modes import MODES
+from imageclf.training.modes import MODES, Mode
 from imageclf.training.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_AUTO
 from imageclf.training.stopping import MONITORS
 
@@ -53,6 +53,8 @@ class TrainParams:
     weight_decay: float | str  # a number, or WEIGHT_DECAY_AUTO
     backbone_lr_scale: float
     warmup_epochs: int
+    trainable_blocks: int
+    block_epochs: int
     dropout: float
     label_smoothing: float
     class_weights: str
@@ -66,9 +68,30 @@ class TrainParams:
     backbone_runtime: str
     backbone_precision: str
 
+    @property
+    def training_mode(self) -> Mode:
+        """The row of `train.mode`, with `train.trainable_blocks` of the backbone training where that mode allows."""
+        return MODES[self.mode].with_trainable_blocks(self.trainable_blocks)
+
     def check(self, path: Path) -> None:
         one_of(self.model, MODELS, path, "train.model")
         one_of(self.mode, MODES, path, "train.mode")
+        partial_modes = ", ".join(name for name, mode in MODES.items() if mode.partial)
+        require(
+            self.trainable_blocks >= 0,
+            path,
+            "train.trainable_blocks",
+            self.trainable_blocks,
+            "it must be 0 (the head only) or more",
+        )
+        require(
+            self.trainable_blocks == 0 or MODES[self.mode].partial,
+            path,
+            "train.trainable_blocks",
+            self.trainable_blocks,
+            f"only train.mode {partial_modes} trains part of a backbone: set it to 0 with train.mode {self.mode}",
+        )
+        require(self.block_epochs >= 1, path, "train.block_epochs", self.block_epochs, "it must be 1 or more")
         require(
             not (self.weights and not MODES[self.mode].pretrained),
             path,

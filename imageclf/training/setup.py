@@ -1,24 +1,25 @@
 """A training run's set-up, shared by the train stage, `imageclf lr-find` and the benchmarks: the seed, the
 classifier `train.model` for `train.mode`, the datasets, the device (`set_up`), and what the mode trains on
-(`inputs`: the whole classifier on images, or its head on the frozen backbone's stored features)."""
+(`feed`: the whole classifier on images, its head on the frozen backbone's stored features, or its last blocks and
+head on the stored activations of the frozen blocks before them)."""
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from imageclf.backbone.frozen import FrozenBackbone
-from imageclf.core.device import is_distributed, rank, select_device
+from imageclf.core.device import is_distributed, loader_options, rank, select_device
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.params import DataParams
 from imageclf.models.architectures import preprocessing_for
-from imageclf.models.classifier import Classifier, create_model
-from imageclf.training.modes import FEATURES, IMAGES, MODES, Mode
+from imageclf.models.classifier import Classifier, create_model, split_backbone
+from imageclf.training.modes import ACTIVATIONS, FEATURES, IMAGES, Mode
 from imageclf.training.params import TrainParams
 
 
@@ -45,7 +46,7 @@ class Run:
 def set_up(data: DataParams, train: TrainParams, train_dir: Path, val_dir: Path) -> Run:
     """Seed everything, then build the classifier (so its new head's initial weights are the same every run), read
     the two manifest folders and pick the device."""
-    mode = MODES[train.mode]
+    mode = train.training_mode
     seed_everything(train.seed)
     preprocessing = preprocessing_for(train.model, data.image_size)
     classifier = create_model(
@@ -61,33 +62,66 @@ def set_up(data: DataParams, train: TrainParams, train_dir: Path, val_dir: Path)
     return Run(data, train, mode, classifier, train_data, val_data, select_device(train.device))
 
 
+Features = Callable[[Dataset], torch.Tensor]
+
+
 @dataclass(frozen=True)
 class Inputs:
-    """What trains (`network`: the classifier, or only its head) and the data it trains and validates on.
+    """What trains (`network`: the classifier, only its head, or its last blocks and head) and the data it trains
+    and validates on.
 
-    `frozen`: the frozen backbone whose features those are, when they are features. `threads`: PyTorch's CPU threads
-    while it trains (None: as they are): a head's matrices are too small to share out between threads, which then
-    only wait for each other.
+    `features`: the backbone's features of such data, as the network stands (the none-of-these detector's, and
+    on activations the head's first training set). `frozen`: the frozen backbone (or frozen first blocks) whose
+    output the data is, when stored. `threads`: PyTorch's CPU threads while it trains (None: as they are): a
+    head's matrices are too small to share out between threads, which then only wait for each other.
     """
 
     network: nn.Module
     train: Dataset
     val: Dataset
+    features: Features
     frozen: FrozenBackbone | None = None
     threads: int | None = None
 
 
+def batched_features(backbone: nn.Module, batches: Callable[[Dataset], Iterable], device: torch.device) -> Features:
+    """The features `backbone` gives each item of a dataset, in order, in evaluation mode."""
+
+    def features(dataset: Dataset) -> torch.Tensor:
+        backbone.eval()
+        with torch.inference_mode():
+            return torch.cat([backbone(inputs.to(device)).float().cpu() for inputs, *_ in batches(dataset)])
+
+    return features
+
+
 def image_inputs(run: Run) -> Inputs:
     """The whole classifier on decoded images."""
-    return Inputs(run.classifier, run.train_data, run.val_data)
+
+    def batches(dataset: Dataset) -> DataLoader:
+        return DataLoader(dataset, batch_size=run.train.batch_size, **loader_options(run.device))
+
+    features = batched_features(run.classifier.backbone, batches, run.device)
+    return Inputs(run.classifier, run.train_data, run.val_data, features)
+
+
+def stored_outputs(run: Run, frozen: FrozenBackbone) -> tuple[TensorDataset, TensorDataset]:
+    """`frozen`'s output for the training and val images, from the feature store or computed once; under torchrun
+    the first process fills the store and the others then read it."""
+    if rank() > 0:
+        torch.distributed.barrier()
+    train, val = (
+        frozen.features(data, name).dataset for data, name in ((run.train_data, "train"), (run.val_data, "val"))
+    )
+    if rank() == 0 and is_distributed():
+        torch.distributed.barrier()
+    return train, val
 
 
 def feature_inputs(run: Run) -> Inputs:
     """The head on the frozen backbone's features of both sets, from the feature store or computed once on
     `train.backbone_runtime` at `train.backbone_precision`."""
     run.classifier.backbone.requires_grad_(False)
-    if rank() > 0:
-        torch.distributed.barrier()  # the first process fills the feature store; the others then read it
     frozen = FrozenBackbone.for_training(
         run.train.model,
         run.classifier.backbone,
@@ -97,16 +131,46 @@ def feature_inputs(run: Run) -> Inputs:
         run.train_data,
         run.train.seed,
     )
-    train_features, val_features = (
-        frozen.features(data, name).dataset for data, name in ((run.train_data, "train"), (run.val_data, "val"))
+    train_features, val_features = stored_outputs(run, frozen)
+    return Inputs(run.classifier.head, train_features, val_features, stored_tensors, frozen, threads=1)
+
+
+def stored_tensors(dataset: Dataset) -> torch.Tensor:
+    """Stored features are the features."""
+    return dataset.tensors[0]
+
+
+def activation_inputs(run: Run) -> Inputs:
+    """The backbone's last `train.trainable_blocks` blocks (and its tail) with the head, on the activations of
+    the frozen blocks before them: PyTorch in float32 computes those once per image into the feature store, so
+    an epoch runs only the blocks that train."""
+    first, last = split_backbone(run.train.model, run.classifier.backbone, run.train.trainable_blocks)
+    first.requires_grad_(False)
+    frozen = FrozenBackbone.for_training(
+        f"{run.train.model} without its last {run.train.trainable_blocks} blocks",
+        first,
+        "torch",
+        "fp32",
+        run.device,
+        run.train_data,
+        run.train.seed,
     )
-    if rank() == 0 and is_distributed():
-        torch.distributed.barrier()
-    return Inputs(run.classifier.head, train_features, val_features, frozen, threads=1)
+    train_activations, val_activations = stored_outputs(run, frozen)
+
+    def batches(dataset: TensorDataset) -> Iterable:
+        return zip(dataset.tensors[0].split(run.train.batch_size), strict=True)
+
+    features = batched_features(last, batches, run.device)
+    network = Classifier.of(last, run.classifier.head)
+    return Inputs(network, train_activations, val_activations, features, frozen)
 
 
 # How each mode's data reaches the network that trains (`Mode.inputs`).
-INPUTS: dict[str, Callable[[Run], Inputs]] = {IMAGES: image_inputs, FEATURES: feature_inputs}
+INPUTS: dict[str, Callable[[Run], Inputs]] = {
+    IMAGES: image_inputs,
+    FEATURES: feature_inputs,
+    ACTIVATIONS: activation_inputs,
+}
 
 
 def feed(run: Run) -> Inputs:

@@ -12,7 +12,15 @@ from imageclf.data.datasets import ImageDataset
 from imageclf.data.params import DataParams
 from imageclf.models.model_file import SavedModel
 from imageclf.training.detector import fit_detector
-from imageclf.training.loop import Checkpointing, FitResult, fit, fit_choosing_weight_decay, torch_threads
+from imageclf.training.loop import (
+    Checkpointing,
+    FitResult,
+    fit,
+    fit_choosing_weight_decay,
+    fit_head_first,
+    torch_threads,
+)
+from imageclf.training.modes import ACTIVATIONS
 from imageclf.training.optim import WEIGHT_DECAY_AUTO
 from imageclf.training.params import TrainParams
 from imageclf.training.setup import Inputs, Run, feed, set_up
@@ -43,12 +51,17 @@ def train_run(
 
     Where the mode trains a head on stored features, an epoch costs milliseconds, and `train.weight_decay: auto`
     tries several L2 strengths (`fit_choosing_weight_decay`); elsewhere each would be a whole training run, and
-    auto means 0.
+    auto means 0. Where it trains the last blocks on stored activations, the head trains alone first
+    (`fit_head_first`).
     """
     train = run.train
     fed = feed(run)
     with torch_threads(fed.threads):
-        if train.weight_decay == WEIGHT_DECAY_AUTO and run.mode.chooses_weight_decay:
+        if run.mode.inputs == ACTIVATIONS:
+            result = fit_head_first(
+                fed.network, fed.train, fed.val, fed.features, train, run.device, checkpointing, on_epoch
+            )
+        elif train.weight_decay == WEIGHT_DECAY_AUTO and run.mode.chooses_weight_decay:
             result = fit_choosing_weight_decay(fed.network, fed.train, fed.val, train, run.device, on_epoch)
         else:
             config = replace(train, weight_decay=0.0) if train.weight_decay == WEIGHT_DECAY_AUTO else train

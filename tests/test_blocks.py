@@ -86,6 +86,7 @@ def test_the_last_blocks_train_after_the_head_on_stored_activations(
     last_names = {f"blocks.6.0.{name}" for name, _ in saved.classifier.backbone.blocks[6][0].named_parameters()}
     assert last_names <= changed and any(name.startswith("conv_head") for name in changed)
     assert all(name.startswith(("blocks.5.3.", "blocks.6.", "conv_head", "bn2")) for name in changed), changed
+    assert not any(name.endswith(("running_mean", "running_var")) for name in changed), "train.freeze_batchnorm"
     assert saved.unknown.imagenet is None, "the features changed: no ImageNet classifier reads them"
 
     stores = list((tmp_path / "cache").glob("*.pt"))
@@ -117,3 +118,13 @@ def test_blocks_that_do_not_lower_the_val_loss_are_left_as_they_were(
     assert len(result.history) == 3 + 2 and result.best_epoch <= 3
     trained = saved.classifier.backbone.state_dict()
     assert all(torch.equal(tensor, trained[name]) for name, tensor in pretrained.items())
+
+
+@pytest.mark.slow
+def test_batchnorm_statistics_follow_the_data_when_not_frozen(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGECLF_FEATURE_CACHE", str(tmp_path / "cache"))
+    pretrained = create_model("efficientnet_lite0", 3, 64, pretrained=True).backbone.state_dict()
+    saved, result = run_partial(tmp_path, lr=0.001, freeze_batchnorm=False)
+    assert result.best_epoch > 1, "the blocks' epochs won, so their weights are the ones kept"
+    trained = saved.classifier.backbone.state_dict()
+    assert not torch.equal(pretrained["bn2.running_mean"], trained["bn2.running_mean"])

@@ -313,7 +313,8 @@ def data_loaders(
 class TrainableLayers:
     """Which layers train in an epoch, and the module that trains them.
 
-    Where a mode fine-tunes, the backbone stays frozen for the first `train.warmup_epochs` epochs. Under torchrun the
+    Where a mode fine-tunes, the backbone stays frozen for the first `train.warmup_epochs` epochs, and with
+    `train.freeze_batchnorm` its BatchNorm layers keep their pretrained statistics. Under torchrun the
     module is a DistributedDataParallel wrapper, made again when the set of trainable layers changes: DDP
     syncs the gradients of the parameters that train when it wraps the model.
     """
@@ -321,6 +322,7 @@ class TrainableLayers:
     def __init__(self, model: nn.Module, config: TrainParams):
         self.model, self.warmup_epochs = model, config.warmup_epochs
         self.fine_tuning = isinstance(model, Classifier) and config.training_mode.fine_tunes
+        self.freeze_batchnorm = self.fine_tuning and config.freeze_batchnorm
         self.wrapper: nn.Module | None = None
         self.wrapped_frozen = False
 
@@ -332,6 +334,10 @@ class TrainableLayers:
             self.model.backbone.requires_grad_(False).eval()
         elif self.fine_tuning:
             self.model.backbone.requires_grad_(True)
+            if self.freeze_batchnorm:  # normalise with the pretrained statistics; the scales and shifts still learn
+                for module in self.model.backbone.modules():
+                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                        module.eval()
         if world_size() == 1:
             return self.model
         if self.wrapper is None or backbone_frozen != self.wrapped_frozen:

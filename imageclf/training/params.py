@@ -55,6 +55,7 @@ class TrainParams:
     warmup_epochs: int
     trainable_blocks: int
     block_epochs: int
+    freeze_batchnorm: bool
     dropout: float
     label_smoothing: float
     class_weights: str

@@ -10,8 +10,9 @@ from imageclf.study.compare import Run, Unfinished, compare_runs, wilson_interva
 from imageclf.study.curve import build_curve, markdown_report, rows, text_table
 
 
-def made_run(name: str, mode: str, size: int | str, seed: int, correct: int, images: int = 20) -> Run:
+def made_run(name: str, mode: str, size: int | str, seed: int, correct: int, images: int = 20, **extra: object) -> Run:
     params = {
+        **{key.replace("__", "."): value for key, value in extra.items()},
         "train.model": "efficientnet_lite0",
         "train.mode": mode,
         "split.train_per_class": size,
@@ -41,17 +42,32 @@ def test_each_point_is_what_compare_reports_for_its_runs(project: Path) -> None:
     ]
     curve = build_curve(project, runs, [])
     lines = {line.approach: line for line in curve.lines}
-    assert set(lines) == {"train.mode=transfer_learning", "train.mode=fromzero"}, "named by what sets them apart"
-    head = lines["train.mode=transfer_learning"]
+    head_name, zero_name = "efficientnet_lite0, transfer_learning", "efficientnet_lite0, fromzero"
+    assert set(lines) == {head_name, zero_name}, "named by model and mode"
+    head = lines[head_name]
     assert [point.train_per_class for point in head.points] == [3, "all"]
     three = head.points[0]
     (expected,) = compare_runs(runs[:2]).rows
     assert three.accuracy == expected.accuracy and three.runs == ["head-3-42", "head-3-1"]
     assert three.train_seconds == expected.train_seconds == 215.0
-    (single,) = lines["train.mode=fromzero"].points
+    (single,) = lines[zero_name].points
     assert single.accuracy.interval == wilson_interval(9, 20), "one run: Wilson's interval of its photos"
     assert three.photos_per_class == pytest.approx(7.0) and three.classes_with_fewer == ["dog"]
     assert [row["accuracy"] for row in rows(curve)] == [0.8, 0.95, 0.45]
+
+
+def test_approaches_of_one_model_and_mode_are_named_by_the_other_params_that_differ(project: Path) -> None:
+    runs = [
+        made_run("small", "fromzero", 3, 42, 9, data__image_size=128),
+        made_run("large", "fromzero", 3, 42, 12, data__image_size=256),
+        made_run("head", "transfer_learning", 3, 42, 19, data__image_size=256),
+    ]
+    names = [line.approach for line in build_curve(project, runs, []).lines]
+    assert names == [
+        "efficientnet_lite0, fromzero (data.image_size=128)",
+        "efficientnet_lite0, fromzero (data.image_size=256)",
+        "efficientnet_lite0, transfer_learning (data.image_size=256)",
+    ]
 
 
 def test_short_classes_and_unfinished_runs_are_named(project: Path) -> None:

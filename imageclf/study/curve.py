@@ -76,11 +76,16 @@ def approach_of(run: Run) -> tuple:
 
 
 def approach_names(approaches: list[tuple]) -> list[str]:
-    """The params that set the approaches apart (`compare.row_names`); a single one is named by its model and mode."""
-    if len(approaches) > 1:
-        return row_names(approaches)
-    settings = {key: json.loads(value) for key, value in approaches[0]}
-    return [f"{settings.get('train.model')}, {settings.get('train.mode')}"]
+    """Each approach by its model and mode, then the other params that set it apart from the rest (as
+    `compare.row_names` finds them), e.g. "original, fromzero (data.image_size=128, train.epochs=10)"."""
+    names = []
+    differing = row_names(approaches) if len(approaches) > 1 else [""] * len(approaches)
+    for approach, apart in zip(approaches, differing, strict=True):
+        settings = {key: json.loads(value) for key, value in approach}
+        others = [item for item in apart.split(", ") if item and not item.startswith(("train.model=", "train.mode="))]
+        name = f"{settings.get('train.model')}, {settings.get('train.mode')}"
+        names.append(f"{name} ({', '.join(others)})" if others else name)
+    return names
 
 
 def build_curve(project: Path, runs: list[Run], unfinished: list[Unfinished]) -> Curve:
@@ -168,7 +173,7 @@ def plot(curve: Curve, path: Path) -> None:
 
     from imageclf.evaluation.reports import save_figure
 
-    figure = Figure(layout="constrained", figsize=(7, 4.5))
+    figure = Figure(layout="constrained", figsize=(7, 5))
     axes = figure.subplots()
     for line in curve.lines:
         x = [point.photos_per_class for point in line.points]
@@ -183,8 +188,10 @@ def plot(curve: Curve, path: Path) -> None:
         ylabel="test accuracy % (mean, 95 % interval)",
         title="How many photos each approach needs",
     )
+    for level in (90, 99):  # where each approach gets there is what the study notes' table asks
+        axes.axhline(level, color="grey", linewidth=0.8, linestyle=":")
     axes.grid(alpha=0.3, which="both")
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     save_figure(figure, path)
 
 

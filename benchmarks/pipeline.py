@@ -155,6 +155,9 @@ def main() -> None:
             "test_macro_f1": evaluation["macro_avg"]["f1"],
         }
         report["test_misses"] = evaluation["misses"]
+        report["test_unknown"] = evaluation["unknown"]
+        if "ood" in evaluation:  # -S evaluate.ood_images=FOLDER: its share flagged, per score and subfolder
+            report["ood"] = evaluation["ood"]
         if args.holdout:
             report["holdout_folder"] = str(args.holdout)
             report |= holdout_scores(work / paths.MODEL_FILE, args.holdout, params["evaluate"]["tta"])

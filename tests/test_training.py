@@ -3,6 +3,7 @@
 import copy
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,14 @@ from imageclf.models.classifier import create_model
 from imageclf.models.model_file import load_model, save_model
 from imageclf.models.unknown import normalised
 from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
-from imageclf.training.loop import WEIGHT_DECAY_GRID, Checkpointing, fit, fit_choosing_weight_decay, parameter_groups
+from imageclf.training.loop import (
+    WEIGHT_DECAY_GRID,
+    Checkpointing,
+    fit,
+    fit_choosing_weight_decay,
+    images_progress,
+    parameter_groups,
+)
 from imageclf.training.optim import OPTIMIZERS, SCHEDULES, build_optimizer, build_schedule
 from imageclf.training.params import TrainParams
 from imageclf.training.train import run_fingerprint, train_from_params
@@ -398,3 +406,18 @@ def test_the_train_stage_trains_with_the_loss_its_params_ask_for(tmp_path: Path)
             expected_val = nn.functional.cross_entropy(initial_head(val_features), val_labels)
         assert result.history[0].train_loss == pytest.approx(expected_train.item(), rel=1e-5), class_weights
         assert result.history[0].val_loss == pytest.approx(expected_val.item(), rel=1e-5)
+
+
+def test_an_epochs_bar_counts_images_per_second_and_its_eta(capsys: pytest.CaptureFixture[str]) -> None:
+    """The per-batch bar of a training epoch counts images (not batches) out of the epoch's total, with a rate and
+    the time left, and passes every batch on unchanged."""
+    data = features(8, 0)
+    batches = [[data.tensors[0][start : start + 3], data.tensors[1][start : start + 3]] for start in (0, 3, 6)]
+    passed = []
+    for batch in images_progress(batches, 8, "epoch 1", delay=0):
+        time.sleep(0.15)  # a batch's work: longer than the bar's least interval between refreshes
+        passed.append(batch)
+    assert all(got is sent for got, sent in zip(passed, batches, strict=True))
+    shown = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    done = [line for line in shown if line.startswith("epoch 1: 100%")]  # the bar is cleared after the epoch
+    assert done and "8/8" in done[-1] and "img/s" in done[-1] and "<00:00" in done[-1], shown

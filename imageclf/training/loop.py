@@ -253,6 +253,15 @@ def run_epoch(
     return total_loss / seen, correct / seen
 
 
+def images_progress(batches: Iterable, images: int, description: str, delay: float = 1.0) -> Iterator:
+    """The batches, behind a bar of images done, images per second and the epoch's ETA: shown once an epoch has taken
+    `delay` seconds (a head's epochs on stored features take milliseconds), by the first process only."""
+    with tqdm(total=images, unit="img", leave=False, delay=delay, desc=description, disable=rank() != 0) as bar:
+        for batch in batches:
+            yield batch
+            bar.update(len(batch[-1]))
+
+
 def loss_functions(
     train_data: Dataset, val_data: Dataset, config: TrainParams, device: torch.device
 ) -> tuple[nn.Module, nn.Module]:
@@ -379,7 +388,7 @@ def fit(
             train_batches.sampler.set_epoch(epoch)
         train_loss, train_accuracy = run_epoch(
             trainable.for_epoch(epoch),
-            tqdm(train_batches, leave=False, delay=1, desc=f"epoch {epoch}"),
+            images_progress(train_batches, len(train_batches.sampler), f"epoch {epoch}"),
             train_loss_function,
             precision,
             state.optimizer,

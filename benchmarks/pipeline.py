@@ -93,8 +93,8 @@ def largest_process_mb() -> int:
 
 
 def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict:
-    """The scores of a labelled folder (the keys of metrics/evaluate.json), and how many of its photos `predict`
-    reads and classifies per second."""
+    """The scores of a labelled folder (the keys of metrics/evaluate.json), the photos flagged as none of the
+    classes, and how many of its photos `predict` reads and classifies per second."""
     predictor = load_predictor(model_path)
     start = time.perf_counter()
     results, unreadable = predict_folder(predictor, folder, tta, 64, description="hold-out")
@@ -102,6 +102,7 @@ def holdout_scores(model_path: Path, folder: Path, tta: str) -> dict:
     images_per_second = round((len(results) + len(unreadable)) / seconds, 1)
     return {
         "holdout": labelled_scores(results, predictor.classes, unreadable=len(unreadable)),
+        "holdout_unknown": sorted(str(result.path.name) for result in results if result.unknown_reason),
         "predict_images_per_second": images_per_second,
     }
 

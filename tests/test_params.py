@@ -111,8 +111,8 @@ def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> No
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml: unknown key 'train.learning_rte' (allowed in train: model, mode, weights, epochs, "
         "batch_size, seed, optimizer, lr, momentum, nesterov, weight_decay, backbone_lr_scale, warmup_epochs, "
-        "dropout, label_smoothing, class_weights, sampler, schedule, early_stopping, convergence, checkpoint_every, "
-        "device, amp, backbone_runtime, backbone_precision)"
+        "trainable_blocks, block_epochs, freeze_batchnorm, dropout, label_smoothing, class_weights, sampler, "
+        "schedule, early_stopping, convergence, checkpoint_every, device, amp, backbone_runtime, backbone_precision)"
     ]
 
 

@@ -1,6 +1,8 @@
 """The training loop, read top to bottom: `fit` runs epochs of train and validate with the optimizer, schedule,
 early stopping and checkpoints that `train.*` asks for, on whatever its mode feeds it (`setup.Inputs`: a whole
-classifier on images, or a head on stored features); `fit_choosing_weight_decay` runs it once per L2 strength.
+classifier on images, a head on stored features, or last blocks and head on stored activations);
+`fit_choosing_weight_decay` runs it once per L2 strength; `fit_head_first` runs the head alone, then the last blocks
+with it.
 """
 
 import copy

@@ -453,6 +453,26 @@ def fit_choosing_weight_decay(
     return best
 
 
+def fit_at_weight_decay(
+    model: nn.Module,
+    train_data: Dataset,
+    val_data: Dataset,
+    config: TrainParams,
+    device: torch.device,
+    choose: bool,
+    checkpointing: Checkpointing | None = None,
+    on_epoch: Callable[[FitResult], None] | None = None,
+) -> FitResult:
+    """`fit` at `train.weight_decay`. Its `auto` tries every strength of WEIGHT_DECAY_GRID where `choose` (a head on
+    stored features, where a candidate costs a second); elsewhere each would be a whole training run, and auto
+    means 0."""
+    if config.weight_decay == WEIGHT_DECAY_AUTO:
+        if choose:
+            return fit_choosing_weight_decay(model, train_data, val_data, config, device, on_epoch)
+        config = replace(config, weight_decay=0.0)
+    return fit(model, train_data, val_data, config, device, checkpointing, on_epoch)
+
+
 def fit_head_first(
     network: Classifier,
     train_data: TensorDataset,
@@ -475,10 +495,7 @@ def fit_head_first(
         TensorDataset(features(data), label) for data, label in zip((train_data, val_data), labels, strict=True)
     )
     with torch_threads(1):  # a head's matrices are too small to share out between threads
-        if config.weight_decay == WEIGHT_DECAY_AUTO:
-            head = fit_choosing_weight_decay(network.head, train_features, val_features, config, device, on_epoch)
-        else:
-            head = fit(network.head, train_features, val_features, config, device, on_epoch=on_epoch)
+        head = fit_at_weight_decay(network.head, train_features, val_features, config, device, True, None, on_epoch)
     probed = copy.deepcopy(network.state_dict())
     head_epochs = len(head.history)
 

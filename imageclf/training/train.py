@@ -15,13 +15,11 @@ from imageclf.training.detector import fit_detector
 from imageclf.training.loop import (
     Checkpointing,
     FitResult,
-    fit,
-    fit_choosing_weight_decay,
+    fit_at_weight_decay,
     fit_head_first,
     torch_threads,
 )
 from imageclf.training.modes import ACTIVATIONS
-from imageclf.training.optim import WEIGHT_DECAY_AUTO
 from imageclf.training.params import TrainParams
 from imageclf.training.setup import Inputs, Run, feed, set_up
 
@@ -50,7 +48,7 @@ def train_run(
     weights.
 
     Where the mode trains a head on stored features, an epoch costs milliseconds, and `train.weight_decay: auto`
-    tries several L2 strengths (`fit_choosing_weight_decay`); elsewhere each would be a whole training run, and
+    tries several L2 strengths (`fit_at_weight_decay`); elsewhere each would be a whole training run, and
     auto means 0. Where it trains the last blocks on stored activations, the head trains alone first
     (`fit_head_first`).
     """
@@ -61,11 +59,11 @@ def train_run(
             result = fit_head_first(
                 fed.network, fed.train, fed.val, fed.features, train, run.device, checkpointing, on_epoch
             )
-        elif train.weight_decay == WEIGHT_DECAY_AUTO and run.mode.chooses_weight_decay:
-            result = fit_choosing_weight_decay(fed.network, fed.train, fed.val, train, run.device, on_epoch)
         else:
-            config = replace(train, weight_decay=0.0) if train.weight_decay == WEIGHT_DECAY_AUTO else train
-            result = fit(fed.network, fed.train, fed.val, config, run.device, checkpointing, on_epoch)
+            choose = run.mode.chooses_weight_decay
+            result = fit_at_weight_decay(
+                fed.network, fed.train, fed.val, train, run.device, choose, checkpointing, on_epoch
+            )
     return result, fed
 
 

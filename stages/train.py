@@ -1,4 +1,5 @@
-"""Stage train: train `train.model` in `train.mode`; save the best validation epoch and the per-epoch history.
+"""Stage train: train `train.model` in `train.mode` (with `augment.online` where it trains on images); save the best
+validation epoch and the per-epoch history.
 
 Usage: python -m stages.train TRAIN_DIR VAL_DIR MODEL_PT METRICS_JSON DETAILS_JSON HISTORY_CSV CHECKPOINT TIME_JSON
 
@@ -21,7 +22,7 @@ from imageclf.core.config import load
 from imageclf.core.device import process_group, rank
 from imageclf.core.files import write_csv, write_json
 from imageclf.core.program import exit_without_final_collection, exits_cleanly
-from imageclf.data.params import DataParams
+from imageclf.data.params import AugmentParams, DataParams
 from imageclf.inference.predictor import compiled_model_file
 from imageclf.models.model_file import save_model
 from imageclf.training.loop import EpochStats, FitResult
@@ -48,7 +49,7 @@ def main(
     time_path: str,
 ) -> None:
     started = time.perf_counter()
-    data, train = load(DataParams), load(TrainParams)
+    data, train, online = load(DataParams), load(TrainParams), load(AugmentParams).online
     progress = Path(metrics_path), Path(details_path), Path(history_path)
 
     def on_epoch(result: FitResult) -> None:
@@ -56,7 +57,7 @@ def main(
 
     with process_group():
         saved_model, result = train_from_params(
-            data, train, Path(train_dir), Path(val_dir), Path(checkpoint_path), on_epoch
+            data, train, Path(train_dir), Path(val_dir), online, Path(checkpoint_path), on_epoch
         )
         writes_outputs = rank() == 0
     if not writes_outputs:

@@ -9,9 +9,9 @@ import pytest
 import torch
 import yaml
 
-from imageclf.backbone.store import read_store
 from imageclf.core.config import load
 from imageclf.core.errors import UserError
+from imageclf.core.store import read_store
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.params import DataParams
 from imageclf.data.splitting import make_split
@@ -66,7 +66,7 @@ def run_partial(tmp_path: Path, **changes: object):
     if not split.is_dir():
         make_split(make_image_folder(tmp_path / "raw"), CLASSES, 64, 0.1, 0.1, 0, split)
     data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=64)
-    train = train_config(**{"trainable_blocks": 2, "block_epochs": 2, "epochs": 1, "batch_size": 8, **changes})
+    train = train_config(**{"trainable_blocks": 2, "backbone_epochs": 2, "epochs": 1, "batch_size": 8, **changes})
     return train_from_params(data, train, split / "train", split / "val")
 
 

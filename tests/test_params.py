@@ -110,8 +110,8 @@ def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> No
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "error: params.yaml: unknown key 'train.learning_rte' (allowed in train: model, mode, weights, epochs, "
-        "batch_size, seed, optimizer, lr, momentum, nesterov, weight_decay, backbone_lr_scale, warmup_epochs, "
-        "trainable_blocks, block_epochs, freeze_batchnorm, dropout, label_smoothing, class_weights, sampler, "
+        "batch_size, seed, optimizer, lr, momentum, nesterov, weight_decay, backbone_lr_scale, "
+        "trainable_blocks, backbone_epochs, freeze_batchnorm, dropout, label_smoothing, class_weights, sampler, "
         "schedule, early_stopping, convergence, checkpoint_every, device, amp, backbone_runtime, backbone_precision)"
     ]
 
@@ -127,6 +127,18 @@ def test_a_stage_with_bad_params_prints_one_line_and_fails(tmp_path: Path) -> No
         ("split", "val", 0, "'split.val' is 0.0; it must be between 0 and 1"),
         ("split", "test", 0.9, "'split.test' is 0.9; split.val + split.test must stay below 1 to leave training data"),
         ("augment", "copies", -1, "'augment.copies' is -1; it must be 0 or more"),
+        (
+            "augment",
+            "online",
+            {"crop_scale": 1.5, "flip": 0.5, "color_jitter": 0.2},
+            "'augment.online.crop_scale' is 1.5; it must be in (0, 1]",
+        ),
+        (
+            "augment",
+            "online",
+            {"crop_scale": 0.35, "flip": 0.5, "color_jitter": 0.2, "rotate": 15},
+            "unknown key 'augment.online.rotate' (allowed in augment.online: crop_scale, flip, color_jitter)",
+        ),
     ],
 )
 def test_a_bad_data_split_or_augment_value_is_named(

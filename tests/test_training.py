@@ -20,7 +20,7 @@ from imageclf.core.device import MixedPrecision, select_device
 from imageclf.core.errors import UserError
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.manifest import read_manifest
-from imageclf.data.params import DataParams
+from imageclf.data.params import AugmentParams, DataParams
 from imageclf.data.splitting import make_split
 from imageclf.inference.photos import predict_files
 from imageclf.inference.predictor import load_predictor
@@ -169,24 +169,12 @@ def test_training_from_zero_changes_every_layer_and_is_deterministic(tmp_path: P
     assert len(runs[0][1]) == len(before)
 
 
-@pytest.mark.slow
-def test_fine_tuning_scales_the_backbone_lr_and_warms_up_with_the_backbone_frozen(tmp_path: Path) -> None:
-    train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
-    config = train_config(mode="fine_tuning", epochs=1, batch_size=16, lr=0.01, backbone_lr_scale=0.1)
+def test_fine_tuning_scales_the_backbone_lr() -> None:
+    config = train_config(mode="fine_tuning", lr=0.01, backbone_lr_scale=0.1)
     model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
     backbone_group, head_group = parameter_groups(model, config)
     assert backbone_group["lr"] == pytest.approx(0.001) and head_group["lr"] == 0.01
     assert len(backbone_group["params"]) + len(head_group["params"]) == len(list(model.parameters()))
-
-    for warmup_epochs, backbone_changes in ((1, False), (0, True)):
-        torch.manual_seed(0)
-        model = create_model("efficientnet_lite0", 3, 32, pretrained=True)
-        before = copy.deepcopy(model.state_dict())
-        fit(model, train_data, val_data, dataclasses.replace(config, warmup_epochs=warmup_epochs), CPU)
-        after = model.state_dict()
-        changed = {name for name in before if not torch.equal(before[name], after[name])}
-        assert {"head.1.weight", "head.1.bias"} <= changed
-        assert any(name.startswith("backbone.") for name in changed) == backbone_changes
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
@@ -293,15 +281,17 @@ def test_a_checkpoint_of_other_params_or_data_is_discarded(tmp_path: Path) -> No
 
     train_data, val_data = datasets(tmp_path, "efficientnet_lite0", 32)
     data, train = load(DataParams, PROJECT / "params.yaml"), load(TrainParams, PROJECT / "params.yaml")
-    fingerprint = run_fingerprint(data, train, train_data, val_data)
-    assert fingerprint == run_fingerprint(data, train, train_data, val_data)
+    online = load(AugmentParams, PROJECT / "params.yaml").online
+    fingerprint = run_fingerprint(data, train, online, train_data, val_data)
+    assert fingerprint == run_fingerprint(data, train, online, train_data, val_data)
     changed_lr = dataclasses.replace(train, lr=0.002)
-    assert run_fingerprint(data, changed_lr, train_data, val_data) != fingerprint
-    assert run_fingerprint(data, train, val_data, val_data) != fingerprint
+    assert run_fingerprint(data, changed_lr, online, train_data, val_data) != fingerprint
+    assert run_fingerprint(data, train, dataclasses.replace(online, flip=0.0), train_data, val_data) != fingerprint
+    assert run_fingerprint(data, train, online, val_data, val_data) != fingerprint
     redrawn = train_data.paths[0]
     redrawn.write_bytes(val_data.paths[0].read_bytes())  # same manifest, other picture (as a new augment.seed)
     reread = ImageDataset(train_data.paths, train_data.labels, train_data.sources, train_data.preprocess)
-    assert run_fingerprint(data, train, reread, val_data) != fingerprint, "the next run reads the folder anew"
+    assert run_fingerprint(data, train, online, reread, val_data) != fingerprint, "the next run reads the folder anew"
 
 
 def test_the_device_is_chosen_automatically_and_a_missing_one_is_named() -> None:

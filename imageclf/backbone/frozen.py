@@ -33,11 +33,11 @@ from imageclf.backbone.runtimes import (
     require_modules,
     runtime_versions,
 )
-from imageclf.backbone.store import read_store, store_path, write_store
 from imageclf.core.cache import cache_dir
 from imageclf.core.device import CPU, loader_options
 from imageclf.core.errors import UserError
 from imageclf.core.files import write_atomic
+from imageclf.core.store import read_store, store_path, write_store
 from imageclf.data import images
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.images import Preprocessing

@@ -4,6 +4,7 @@ from functools import cached_property
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from imageclf.core.errors import UserError
 from imageclf.data.folders import find_images
@@ -51,8 +52,12 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.preprocess(self.image(index))), self.labels[index]
+
+    def image(self, index: int) -> Image.Image:
+        """Item `index` decoded (at the smallest JPEG scale that still covers the input size); one line naming the
+        file when it cannot be."""
         try:
-            image = open_rgb(self.paths[index], min_side=self.preprocess.image_size)
+            return open_rgb(self.paths[index], min_side=self.preprocess.image_size)
         except DECODE_ERRORS as error:
             raise unreadable_image(self.paths[index], f"{type(error).__name__}: {error}") from None
-        return torch.from_numpy(self.preprocess(image)), self.labels[index]

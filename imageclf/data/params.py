@@ -1,4 +1,5 @@
-"""The params sections of the data stages: `data` (every stage), `split` and `augment`."""
+"""The params sections of the data stages: `data` (every stage), `split` and `augment` (whose `online` part the train
+stage reads)."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,13 +63,32 @@ class SplitParams:
 
 
 @dataclass(frozen=True)
+class OnlineAugmentParams:
+    """`augment.online`: what the train stage draws afresh for every training image in every epoch, where a mode
+    trains on images (`imageclf.data.online_augmentation`)."""
+
+    crop_scale: float  # random resized crop: the smallest share of the image's area kept (1: no crop)
+    flip: float  # probability of the mirror image
+    color_jitter: float  # brightness, contrast and saturation each scaled by a factor in [1 - this, 1 + this]
+
+    def check(self, path: Path) -> None:
+        require(0 < self.crop_scale <= 1, path, "augment.online.crop_scale", self.crop_scale, "it must be in (0, 1]")
+        require(0 <= self.flip <= 1, path, "augment.online.flip", self.flip, "it must be in [0, 1]")
+        require(
+            0 <= self.color_jitter < 1, path, "augment.online.color_jitter", self.color_jitter, "it must be in [0, 1)"
+        )
+
+
+@dataclass(frozen=True)
 class AugmentParams:
     SECTION: ClassVar[str] = "augment"
     copies: int
     seed: int
     transforms: list[dict]
+    online: OnlineAugmentParams
 
     def check(self, path: Path) -> None:
+        self.online.check(path)
         require(self.copies >= 0, path, "augment.copies", self.copies, "it must be 0 or more")
         for index, transform in enumerate(self.transforms):
             require(

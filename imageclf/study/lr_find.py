@@ -23,7 +23,7 @@ from imageclf.core import paths
 from imageclf.core.arguments import positive_int
 from imageclf.core.config import load
 from imageclf.core.errors import UserError
-from imageclf.data.params import DataParams
+from imageclf.data.params import AugmentParams, DataParams, OnlineAugmentParams
 from imageclf.training.loop import data_loaders, loss_functions, parameter_groups, torch_threads
 from imageclf.training.optim import build_optimizer
 from imageclf.training.params import TrainParams
@@ -92,12 +92,13 @@ def range_test(
 
 
 def range_test_from_params(
-    data: DataParams, train: TrainParams, train_dir: Path, val_dir: Path, steps: int
+    data: DataParams, train: TrainParams, online: OnlineAugmentParams, train_dir: Path, val_dir: Path, steps: int
 ) -> RangeTest:
     """The range test for `train.*` as the train stage would start: the same run set-up, what its mode trains (the
-    head on stored features, or the whole classifier on images), the same optimizer and loss. Fine-tuning's warm-up
-    epochs are left out (the whole model takes part from the first step)."""
-    run = set_up(data, train, train_dir, val_dir)
+    head on stored features, or the whole classifier on decoded, augmented images), the same optimizer and loss.
+    Where a pretrained backbone trains, its head's probe is left out (the whole model takes part from the first
+    step)."""
+    run = set_up(data, train, train_dir, val_dir, online)
     fed = feed(run)
     network = fed.network.to(run.device)
     train_loss, _ = loss_functions(fed.train, fed.val, train, run.device)
@@ -122,7 +123,8 @@ def save_plot(test: RangeTest, path: Path) -> None:
 
 
 def lr_find_command(train_dir: Path, val_dir: Path, steps: int, plot: Path) -> int:
-    test = range_test_from_params(load(DataParams), load(TrainParams), train_dir, val_dir, steps)
+    online = load(AugmentParams).online
+    test = range_test_from_params(load(DataParams), load(TrainParams), online, train_dir, val_dir, steps)
     save_plot(test, plot)
     steps_run = f"{len(test.lrs)} steps from {test.lrs[0]:.0e} to {test.lrs[-1]:.2g}"
     print(f"{steps_run}; the smoothed loss fell fastest at {test.suggestion:.2g}")

@@ -1,8 +1,8 @@
 """The training loop, read top to bottom: `fit` runs epochs of train and validate with the optimizer, schedule,
 early stopping and checkpoints that `train.*` asks for, on whatever its mode feeds it (`setup.Inputs`: a whole
-classifier on images, a head on stored features, or last blocks and head on stored activations);
-`fit_choosing_weight_decay` runs it once per L2 strength; `fit_head_first` runs the head alone, then the last blocks
-with it.
+classifier on decoded images, a head on stored features, or last blocks and head on stored activations);
+`fit_choosing_weight_decay` runs it once per L2 strength; `fit_head_first` runs the head alone, then the backbone
+(or its last blocks) with it.
 """
 
 import copy
@@ -23,6 +23,7 @@ from imageclf.core.device import MixedPrecision, is_distributed, loader_options,
 from imageclf.core.errors import UserError, warn
 from imageclf.core.files import write_atomic
 from imageclf.data.datasets import ImageDataset
+from imageclf.data.decoded import DecodedImages
 from imageclf.models.classifier import Classifier
 from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
 from imageclf.training.optim import WEIGHT_DECAY_AUTO, build_optimizer, build_schedule, step_schedule
@@ -278,15 +279,16 @@ def loss_functions(
     return train_loss, nn.CrossEntropyLoss()
 
 
-class TensorBatches:
-    """Batches of a TensorDataset (cached features) in the order `sampler` draws, by indexing whole tensors.
+class MemoryBatches:
+    """Batches of a dataset held in memory (stored features, activations or decoded images) in the order `sampler`
+    draws, a whole batch at a time.
 
-    The same batches as a DataLoader over the same sampler, without its per-row fetch and collate, which cost a
+    The same batches as a DataLoader over the same sampler, without its per-item fetch and collate, which cost a
     head's epoch many times its arithmetic.
     """
 
-    def __init__(self, dataset: TensorDataset, batch_size: int, sampler: Iterable[int] | None = None):
-        self.tensors, self.batch_size = dataset.tensors, batch_size
+    def __init__(self, dataset: TensorDataset | DecodedImages, batch_size: int, sampler: Iterable[int] | None = None):
+        self.dataset, self.batch_size = dataset, batch_size
         self.sampler = sampler if sampler is not None else range(len(dataset))
 
     def __len__(self) -> int:
@@ -296,7 +298,10 @@ class TensorBatches:
         order = torch.tensor(list(self.sampler))
         for start in range(0, len(order), self.batch_size):
             index = order[start : start + self.batch_size]
-            yield [tensor[index] for tensor in self.tensors]
+            if isinstance(self.dataset, DecodedImages):
+                yield self.dataset.batch(index)
+            else:
+                yield [tensor[index] for tensor in self.dataset.tensors]
 
 
 def data_loaders(
@@ -312,8 +317,9 @@ def data_loaders(
     else:
         sampler = SAMPLERS[config.sampler](labels_of(train_data), generator)
     batch_size = max(1, config.batch_size // processes)  # the same batch in all, however many processes share it
-    if isinstance(train_data, TensorDataset) and isinstance(val_data, TensorDataset):
-        return TensorBatches(train_data, batch_size, sampler), TensorBatches(val_data, config.batch_size)
+    in_memory = (TensorDataset, DecodedImages)
+    if isinstance(train_data, in_memory) and isinstance(val_data, in_memory):
+        return MemoryBatches(train_data, batch_size, sampler), MemoryBatches(val_data, config.batch_size)
     loading = loader_options(device) if isinstance(train_data, ImageDataset) else {}
     return (
         DataLoader(train_data, batch_size=batch_size, sampler=sampler, **loading),
@@ -322,37 +328,26 @@ def data_loaders(
 
 
 class TrainableLayers:
-    """Which layers train in an epoch, and the module that trains them.
+    """The module that trains, in training mode.
 
-    Where a mode fine-tunes, the backbone stays frozen for the first `train.warmup_epochs` epochs, and with
-    `train.freeze_batchnorm` its BatchNorm layers keep their pretrained statistics. Under torchrun the
-    module is a DistributedDataParallel wrapper, made again when the set of trainable layers changes: DDP
-    syncs the gradients of the parameters that train when it wraps the model.
+    Where a pretrained backbone trains, with `train.freeze_batchnorm` its BatchNorm layers keep their pretrained
+    statistics. Under torchrun the module is a DistributedDataParallel wrapper, which syncs the gradients of the
+    parameters that train.
     """
 
     def __init__(self, model: nn.Module, config: TrainParams):
-        self.model, self.warmup_epochs = model, config.warmup_epochs
-        self.fine_tuning = isinstance(model, Classifier) and config.training_mode.fine_tunes
-        self.freeze_batchnorm = self.fine_tuning and config.freeze_batchnorm
-        self.wrapper: nn.Module | None = None
-        self.wrapped_frozen = False
+        self.model = model
+        fine_tuning = isinstance(model, Classifier) and config.training_mode.fine_tunes
+        self.freeze_batchnorm = fine_tuning and config.freeze_batchnorm
+        self.wrapper = DistributedDataParallel(model) if world_size() > 1 else model
 
-    def for_epoch(self, epoch: int) -> nn.Module:
-        """Set the layers that train in `epoch` (in training mode) and return the module to train."""
-        backbone_frozen = self.fine_tuning and epoch <= self.warmup_epochs
+    def for_epoch(self) -> nn.Module:
+        """Set the layers to training mode (BatchNorm statistics frozen where asked) and return the module to train."""
         self.model.train()
-        if backbone_frozen:
-            self.model.backbone.requires_grad_(False).eval()
-        elif self.fine_tuning:
-            self.model.backbone.requires_grad_(True)
-            if self.freeze_batchnorm:  # normalise with the pretrained statistics; the scales and shifts still learn
-                for module in self.model.backbone.modules():
-                    if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                        module.eval()
-        if world_size() == 1:
-            return self.model
-        if self.wrapper is None or backbone_frozen != self.wrapped_frozen:
-            self.wrapper, self.wrapped_frozen = DistributedDataParallel(self.model), backbone_frozen
+        if self.freeze_batchnorm:  # normalise with the pretrained statistics; the scales and shifts still learn
+            for module in self.model.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self.wrapper
 
 
@@ -388,8 +383,10 @@ def fit(
     for epoch in progress:
         if isinstance(train_batches.sampler, DistributedSampler):
             train_batches.sampler.set_epoch(epoch)
+        if isinstance(train_data, DecodedImages):
+            train_data.set_epoch(epoch)  # this epoch's augmentation
         train_loss, train_accuracy = run_epoch(
-            trainable.for_epoch(epoch),
+            trainable.for_epoch(),
             images_progress(train_batches, len(train_batches.sampler), f"epoch {epoch}"),
             train_loss_function,
             precision,
@@ -475,20 +472,21 @@ def fit_at_weight_decay(
 
 def fit_head_first(
     network: Classifier,
-    train_data: TensorDataset,
-    val_data: TensorDataset,
+    train_data: Dataset,
+    val_data: Dataset,
     features: Callable[[Dataset], torch.Tensor],
     config: TrainParams,
     device: torch.device,
     checkpointing: Checkpointing | None = None,
     on_epoch: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
-    """Train the head alone on the features of the blocks' inputs (as on a frozen backbone: `train.epochs`, L2
-    chosen on val), then the blocks with it for `train.block_epochs` epochs, the blocks at the backbone's
-    learning rate; the weights of the epoch of lowest val loss are kept, the head-only epochs included.
+    """Train the head alone on `features` of the data (the backbone's as it stands: a linear probe, for
+    `train.epochs`, L2 chosen on val), then the backbone (or its last blocks) with it for `train.backbone_epochs`
+    epochs at the backbone's learning rate; the weights of the epoch of lowest val loss are kept, the head-only
+    epochs included.
 
-    A new head would send large, random gradients into pretrained blocks; a head that already fits their features
-    lets them move only as far as the data asks. The result's history holds both phases, the head's first.
+    A new head would send large, random gradients into a pretrained backbone; a head that already fits its features
+    lets it move only as far as the data asks. The result's history holds both phases, the head's first.
     """
     labels = labels_of(train_data), labels_of(val_data)
     train_features, val_features = (
@@ -503,17 +501,17 @@ def fit_head_first(
         if on_epoch is not None:
             on_epoch(joined(head, result, head_epochs))
 
-    blocks_config = replace(config, epochs=config.block_epochs, weight_decay=head.weight_decay)
+    blocks_config = replace(config, epochs=config.backbone_epochs, weight_decay=head.weight_decay)
     blocks = fit(network, train_data, val_data, blocks_config, device, checkpointing, on_block_epoch)
     result = joined(head, blocks, head_epochs)
-    if head.best_val_loss <= blocks.best_val_loss:  # the blocks did not help on val: keep them as they were
+    if head.best_val_loss <= blocks.best_val_loss:  # training the backbone did not help on val: keep it as it was
         network.load_state_dict(probed)
         result.best_epoch, result.best_state = head.best_epoch, probed
     return result
 
 
 def joined(head: FitResult, blocks: FitResult, head_epochs: int) -> FitResult:
-    """One history of both phases: the blocks' epochs numbered after the head's; the blocks' best epoch kept."""
+    """One history of both phases: the backbone's epochs numbered after the head's; their best epoch kept."""
     history = head.history + [replace(epoch, epoch=epoch.epoch + head_epochs) for epoch in blocks.history]
     best_epoch = blocks.best_epoch + head_epochs if blocks.best_epoch else 0
     return FitResult(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 FEATURES = (
     "features"  # the frozen backbone's feature vector of each image, from the feature store: only the head trains
 )
-IMAGES = "images"  # decoded photos through the whole network
+IMAGES = "images"  # photos decoded once (the decoded-image store), augmented online, through the whole network
 # the activations of the frozen first blocks, from the feature store: the last blocks and the head train
 ACTIVATIONS = "activations"
 
@@ -20,8 +20,8 @@ class Mode:
     """One way to train.
 
     `pretrained`: the backbone starts from pretrained weights (`train.weights`, or the architecture's ImageNet ones).
-    `trains_backbone`: the backbone's weights change; with `pretrained` it learns at `lr × train.backbone_lr_scale`
-    and waits `train.warmup_epochs` while the new head settles.
+    `trains_backbone`: the backbone's weights change; with `pretrained` (`fine_tunes`) the head first trains alone
+    on the backbone's features, then the backbone joins it at `lr × train.backbone_lr_scale`.
     `inputs`: FEATURES, ACTIVATIONS or IMAGES.
     `partial`: `train.trainable_blocks` may train the backbone's last blocks too (`with_trainable_blocks`).
     """
@@ -47,7 +47,7 @@ class Mode:
 
     @property
     def fine_tunes(self) -> bool:
-        """Pretrained weights that change: the backbone's own learning rate and warm-up apply."""
+        """Pretrained weights that change: the head trains first, alone, and the backbone at its own learning rate."""
         return self.pretrained and self.trains_backbone
 
     @property
@@ -72,6 +72,6 @@ MODES: dict[str, Mode] = {
         pretrained=True,
         trains_backbone=True,
         inputs=IMAGES,
-        description="the whole pretrained network, the backbone at a lower learning rate",
+        description="the whole pretrained network after its new head, the backbone at a lower learning rate",
     ),
 }

@@ -52,9 +52,8 @@ class TrainParams:
     nesterov: bool
     weight_decay: float | str  # a number, or WEIGHT_DECAY_AUTO
     backbone_lr_scale: float
-    warmup_epochs: int
     trainable_blocks: int
-    block_epochs: int
+    backbone_epochs: int
     freeze_batchnorm: bool
     dropout: float
     label_smoothing: float
@@ -92,7 +91,7 @@ class TrainParams:
             self.trainable_blocks,
             f"only train.mode {partial_modes} trains part of a backbone: set it to 0 with train.mode {self.mode}",
         )
-        require(self.block_epochs >= 1, path, "train.block_epochs", self.block_epochs, "it must be 1 or more")
+        require(self.backbone_epochs >= 1, path, "train.backbone_epochs", self.backbone_epochs, "it must be 1 or more")
         require(
             not (self.weights and not MODES[self.mode].pretrained),
             path,
@@ -128,13 +127,6 @@ class TrainParams:
         )
         require(
             self.backbone_lr_scale > 0, path, "train.backbone_lr_scale", self.backbone_lr_scale, "it must be above 0"
-        )
-        require(
-            0 <= self.warmup_epochs < self.epochs,
-            path,
-            "train.warmup_epochs",
-            self.warmup_epochs,
-            f"it must be 0 or more and below train.epochs ({self.epochs})",
         )
         require(0 <= self.dropout < 1, path, "train.dropout", self.dropout, "it must be in [0, 1)")
         require(

@@ -1,7 +1,7 @@
 """A training run's set-up, shared by the train stage, `imageclf lr-find` and the benchmarks: the seed, the
-classifier `train.model` for `train.mode`, the datasets, the device (`set_up`), and what the mode trains on
-(`feed`: the whole classifier on images, its head on the frozen backbone's stored features, or its last blocks and
-head on the stored activations of the frozen blocks before them)."""
+classifier `train.model` for `train.mode`, the datasets, the online augmentation, the device (`set_up`), and what
+the mode trains on (`feed`: the whole classifier on decoded, augmented images, its head on the frozen backbone's
+stored features, or its last blocks and head on the stored activations of the frozen blocks before them)."""
 
 import random
 from collections.abc import Callable, Iterable
@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from imageclf.backbone.frozen import FrozenBackbone
-from imageclf.core.device import is_distributed, loader_options, rank, select_device
+from imageclf.core.device import is_distributed, rank, select_device
 from imageclf.data.datasets import ImageDataset
-from imageclf.data.params import DataParams
+from imageclf.data.decoded import DecodedImages
+from imageclf.data.online_augmentation import OnlineAugmentation
+from imageclf.data.params import DataParams, OnlineAugmentParams
 from imageclf.models.architectures import preprocessing_for
 from imageclf.models.classifier import Classifier, create_model, split_backbone
 from imageclf.training.modes import ACTIVATIONS, FEATURES, IMAGES, Mode
@@ -32,7 +34,8 @@ def seed_everything(seed: int) -> None:
 @dataclass(frozen=True)
 class Run:
     """What a training run starts from: its params, its mode, the classifier (pretrained as the mode says, its
-    head new), the training and val images of the two manifest folders, and the device."""
+    head new), the training and val images of the two manifest folders, the device, and the online augmentation
+    of training images where the mode trains on images (None: none)."""
 
     data: DataParams
     train: TrainParams
@@ -41,11 +44,14 @@ class Run:
     train_data: ImageDataset
     val_data: ImageDataset
     device: torch.device
+    augmentation: OnlineAugmentation | None = None
 
 
-def set_up(data: DataParams, train: TrainParams, train_dir: Path, val_dir: Path) -> Run:
+def set_up(
+    data: DataParams, train: TrainParams, train_dir: Path, val_dir: Path, online: OnlineAugmentParams | None = None
+) -> Run:
     """Seed everything, then build the classifier (so its new head's initial weights are the same every run), read
-    the two manifest folders and pick the device."""
+    the two manifest folders and pick the device; `online`: `augment.online` (None: no online augmentation)."""
     mode = train.training_mode
     seed_everything(train.seed)
     preprocessing = preprocessing_for(train.model, data.image_size)
@@ -59,7 +65,8 @@ def set_up(data: DataParams, train: TrainParams, train_dir: Path, val_dir: Path)
     )
     train_data = ImageDataset.from_manifest(train_dir, data.classes, preprocessing)
     val_data = ImageDataset.from_manifest(val_dir, data.classes, preprocessing)
-    return Run(data, train, mode, classifier, train_data, val_data, select_device(train.device))
+    augmentation = OnlineAugmentation(online) if online is not None else None
+    return Run(data, train, mode, classifier, train_data, val_data, select_device(train.device), augmentation)
 
 
 Features = Callable[[Dataset], torch.Tensor]
@@ -96,13 +103,17 @@ def batched_features(backbone: nn.Module, batches: Callable[[Dataset], Iterable]
 
 
 def image_inputs(run: Run) -> Inputs:
-    """The whole classifier on decoded images."""
+    """The whole classifier on images decoded once (the decoded-image store), the training images augmented afresh
+    in every epoch; features of the images as they are."""
+    train = DecodedImages.of(run.train_data, "train", run.augmentation, run.train.seed)
+    val = DecodedImages.of(run.val_data, "val")
 
-    def batches(dataset: Dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=run.train.batch_size, **loader_options(run.device))
+    def batches(dataset: DecodedImages) -> Iterable:
+        plain = dataset.plain()
+        return (plain.batch(index) for index in torch.arange(len(plain)).split(run.train.batch_size))
 
     features = batched_features(run.classifier.backbone, batches, run.device)
-    return Inputs(run.classifier, run.train_data, run.val_data, features)
+    return Inputs(run.classifier, train, val, features)
 
 
 def stored_outputs(run: Run, frozen: FrozenBackbone) -> tuple[TensorDataset, TensorDataset]:

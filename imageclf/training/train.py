@@ -9,7 +9,7 @@ from pathlib import Path
 
 from imageclf.core.device import rank
 from imageclf.data.datasets import ImageDataset
-from imageclf.data.params import DataParams
+from imageclf.data.params import DataParams, OnlineAugmentParams
 from imageclf.models.model_file import SavedModel
 from imageclf.training.detector import fit_detector
 from imageclf.training.loop import (
@@ -19,20 +19,30 @@ from imageclf.training.loop import (
     fit_head_first,
     torch_threads,
 )
-from imageclf.training.modes import ACTIVATIONS
 from imageclf.training.params import TrainParams
 from imageclf.training.setup import Inputs, Run, feed, set_up
 
 
-def run_fingerprint(data: DataParams, train: TrainParams, train_data: ImageDataset, val_data: ImageDataset) -> str:
-    """A hash of everything a checkpoint depends on: the train params, classes, input size, and each image's
-    label and bytes in the order trained on.
+def run_fingerprint(
+    data: DataParams,
+    train: TrainParams,
+    online: OnlineAugmentParams | None,
+    train_data: ImageDataset,
+    val_data: ImageDataset,
+) -> str:
+    """A hash of everything a checkpoint depends on: the train params, the online augmentation, classes, input
+    size, and each image's label and bytes in the order trained on.
 
     The bytes, not the manifests: an augmented manifest names each image by its source photo's hash, so a
     changed `augment.seed` or `augment.transforms` keeps the manifest and changes the pictures.
     """
     digest = hashlib.sha256()
-    settings = {"train": asdict(train), "classes": data.classes, "image_size": data.image_size}
+    settings = {
+        "train": asdict(train),
+        "online": asdict(online) if online is not None else None,
+        "classes": data.classes,
+        "image_size": data.image_size,
+    }
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for dataset in (train_data, val_data):
         digest.update(str(len(dataset)).encode())
@@ -48,14 +58,14 @@ def train_run(
     weights.
 
     Where the mode trains a head on stored features, an epoch costs milliseconds, and `train.weight_decay: auto`
-    tries several L2 strengths (`fit_at_weight_decay`); elsewhere each would be a whole training run, and
-    auto means 0. Where it trains the last blocks on stored activations, the head trains alone first
+    tries several L2 strengths (`fit_at_weight_decay`); from zero each would be a whole training run, and auto
+    means 0. Where a pretrained backbone (or its last blocks) trains, the head trains alone first
     (`fit_head_first`).
     """
     train = run.train
     fed = feed(run)
     with torch_threads(fed.threads):
-        if run.mode.inputs == ACTIVATIONS:
+        if run.mode.fine_tunes:
             result = fit_head_first(
                 fed.network, fed.train, fed.val, fed.features, train, run.device, checkpointing, on_epoch
             )
@@ -72,19 +82,21 @@ def train_from_params(
     train: TrainParams,
     train_dir: Path,
     val_dir: Path,
+    online: OnlineAugmentParams | None = None,
     checkpoint_path: Path | None = None,
     on_epoch: Callable[[FitResult], None] | None = None,
 ) -> tuple[SavedModel, FitResult]:
-    """Train `train.model` in `train.mode` on the two manifest folders, fit the none-of-these detector on the
-    training photos' features (calibrated on val's), and return the model file's contents.
+    """Train `train.model` in `train.mode` on the two manifest folders (with `online`, `augment.online`, where the
+    mode trains on images), fit the none-of-these detector on the training photos' features (calibrated on val's),
+    and return the model file's contents.
 
     With `checkpoint_path`, a run killed part way resumes from its last checkpoint; the checkpoint is removed once
     training has finished.
     """
-    run = set_up(data, train, train_dir, val_dir)
+    run = set_up(data, train, train_dir, val_dir, online)
     checkpointing = None
     if checkpoint_path is not None:
-        fingerprint = run_fingerprint(data, train, run.train_data, run.val_data)
+        fingerprint = run_fingerprint(data, train, online, run.train_data, run.val_data)
         checkpointing = Checkpointing(Path(checkpoint_path), train.checkpoint_every, fingerprint)
     result, fed = train_run(run, checkpointing, on_epoch)
     if checkpointing is not None and rank() == 0:

@@ -1,7 +1,8 @@
-"""The feature store: one file per store name in this machine's cache, holding feature vectors by image digest.
+"""A store: one file per store name in this machine's cache, holding one tensor per image by the image's digest.
 
-A store's name (`FrozenBackbone.store_key`) records everything the features depend on except the image, and an
-entry's address inside it is the image file's content hash, so a stale feature cannot be found.
+The feature store (a frozen backbone's features, `FrozenBackbone.store_key`) and the decoded-image store
+(`imageclf.data.decoded`) are stores. A store's name records everything its tensors depend on except the image,
+and an entry's address inside it is the image file's content hash, so a stale entry cannot be found.
 """
 
 import io
@@ -18,7 +19,7 @@ def store_path(key: str) -> Path:
 
 
 def read_store(path: Path) -> dict[str, torch.Tensor]:
-    """A store's features by image digest; empty when there is none yet or it is damaged (rebuilt, never trusted)."""
+    """A store's tensors by image digest; empty when there is none yet or it is damaged (rebuilt, never trusted)."""
     if not path.is_file():
         return {}
     try:

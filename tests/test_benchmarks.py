@@ -1,4 +1,5 @@
-"""The prepared mixed-precision check runs the train stage's epoch loop and reports that both settings train."""
+"""The prepared benchmarks run: the mixed-precision check reports that both settings train; the training benchmark
+times a step and the train stage's epoch and counts FLOPs."""
 
 import json
 import subprocess
@@ -33,3 +34,17 @@ def test_the_amp_benchmark_names_a_missing_folder_in_one_line(tmp_path: Path) ->
     missing = tmp_path / "missing"
     expected = f"error: --folder '{missing}' is not a folder: give one with a subfolder per class"
     assert result.stderr.strip().splitlines() == [expected]
+
+
+def test_the_training_benchmark_times_a_step_and_the_train_stages_epoch() -> None:
+    command = [sys.executable, "benchmarks/training.py", "--setting", "resnet18:32", "--batch", "4", "--steps", "2"]
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    whole, last = json.loads(result.stdout)["rows"]
+    assert whole["setting"] == "resnet18 32 px whole" and last["setting"] == "resnet18 32 px last 1"
+    # resnet18's forward at 32 px is 1.82 GMAC × (32/224)² ≈ 0.037 GMAC: training ≈ 3 × 2 × that
+    assert 0.2 < whole["gflop_per_image"] < 0.25 and last["gflop_per_image"] < whole["gflop_per_image"] / 3
+    assert whole["images_per_second"] > 0 and whole["epoch_images_per_second"] > 0
+    ratio = whole["epoch_images_per_second"] / whole["images_per_second"]
+    assert whole["epoch_to_step_ratio"] == pytest.approx(ratio, abs=0.01)
+    assert whole["gflops"] == pytest.approx(whole["gflop_per_image"] * whole["images_per_second"], rel=0.01, abs=0.1)

@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -92,10 +93,11 @@ class Inputs:
 
 
 def batched_features(backbone: nn.Module, batches: Callable[[Dataset], Iterable], device: torch.device) -> Features:
-    """The features `backbone` gives each item of a dataset, in order, in evaluation mode."""
+    """The features `backbone` gives each item of a dataset, in order, in evaluation mode, on `device` as `fit`
+    places a network (channels_last: convolutions run faster on a CPU)."""
 
     def features(dataset: Dataset) -> torch.Tensor:
-        backbone.eval()
+        backbone.to(device, memory_format=torch.channels_last).eval()
         with torch.inference_mode():
             return torch.cat([backbone(inputs.to(device)).float().cpu() for inputs, *_ in batches(dataset)])
 
@@ -105,8 +107,12 @@ def batched_features(backbone: nn.Module, batches: Callable[[Dataset], Iterable]
 def image_inputs(run: Run) -> Inputs:
     """The whole classifier on images decoded once (the decoded-image store), the training images augmented afresh
     in every epoch; features of the images as they are."""
-    train = DecodedImages.of(run.train_data, "train", run.augmentation, run.train.seed)
-    val = DecodedImages.of(run.val_data, "val")
+    train, val = first_process_first(
+        lambda: (
+            DecodedImages.of(run.train_data, "train", run.augmentation, run.train.seed),
+            DecodedImages.of(run.val_data, "val"),
+        )
+    )
 
     def batches(dataset: DecodedImages) -> Iterable:
         plain = dataset.plain()
@@ -116,17 +122,27 @@ def image_inputs(run: Run) -> Inputs:
     return Inputs(run.classifier, train, val, features)
 
 
-def stored_outputs(run: Run, frozen: FrozenBackbone) -> tuple[TensorDataset, TensorDataset]:
-    """`frozen`'s output for the training and val images, from the feature store or computed once; under torchrun
-    the first process fills the store and the others then read it."""
+T = TypeVar("T")
+
+
+def first_process_first(fill: Callable[[], T]) -> T:
+    """`fill()`, which fills a store of this machine's cache: under torchrun the first process fills it, then the
+    others read it."""
     if rank() > 0:
         torch.distributed.barrier()
-    train, val = (
-        frozen.features(data, name).dataset for data, name in ((run.train_data, "train"), (run.val_data, "val"))
-    )
+    filled = fill()
     if rank() == 0 and is_distributed():
         torch.distributed.barrier()
-    return train, val
+    return filled
+
+
+def stored_outputs(run: Run, frozen: FrozenBackbone) -> tuple[TensorDataset, TensorDataset]:
+    """`frozen`'s output for the training and val images, from the feature store or computed once."""
+    return first_process_first(
+        lambda: tuple(
+            frozen.features(data, name).dataset for data, name in ((run.train_data, "train"), (run.val_data, "val"))
+        )
+    )
 
 
 def feature_inputs(run: Run) -> Inputs:

@@ -497,28 +497,28 @@ def fit_head_first(
     probed = copy.deepcopy(network.state_dict())
     head_epochs = len(head.history)
 
-    def on_block_epoch(result: FitResult) -> None:
+    def on_backbone_epoch(result: FitResult) -> None:
         if on_epoch is not None:
             on_epoch(joined(head, result, head_epochs))
 
-    blocks_config = replace(config, epochs=config.backbone_epochs, weight_decay=head.weight_decay)
-    blocks = fit(network, train_data, val_data, blocks_config, device, checkpointing, on_block_epoch)
-    result = joined(head, blocks, head_epochs)
-    if head.best_val_loss <= blocks.best_val_loss:  # training the backbone did not help on val: keep it as it was
+    backbone_config = replace(config, epochs=config.backbone_epochs, weight_decay=head.weight_decay)
+    backbone = fit(network, train_data, val_data, backbone_config, device, checkpointing, on_backbone_epoch)
+    result = joined(head, backbone, head_epochs)
+    if head.best_val_loss <= backbone.best_val_loss:  # training the backbone did not help on val: keep it as it was
         network.load_state_dict(probed)
         result.best_epoch, result.best_state = head.best_epoch, probed
     return result
 
 
-def joined(head: FitResult, blocks: FitResult, head_epochs: int) -> FitResult:
+def joined(head: FitResult, backbone: FitResult, head_epochs: int) -> FitResult:
     """One history of both phases: the backbone's epochs numbered after the head's; their best epoch kept."""
-    history = head.history + [replace(epoch, epoch=epoch.epoch + head_epochs) for epoch in blocks.history]
-    best_epoch = blocks.best_epoch + head_epochs if blocks.best_epoch else 0
+    history = head.history + [replace(epoch, epoch=epoch.epoch + head_epochs) for epoch in backbone.history]
+    best_epoch = backbone.best_epoch + head_epochs if backbone.best_epoch else 0
     return FitResult(
         history,
         best_epoch,
-        blocks.best_state,
-        blocks.stop_reason,
+        backbone.best_state,
+        backbone.stop_reason,
         head.weight_decay,
         head.val_loss_by_weight_decay,
     )

@@ -11,7 +11,7 @@ import torch
 from imageclf.core.config import load
 from imageclf.core.store import store_path
 from imageclf.data.datasets import ImageDataset
-from imageclf.data.decoded import DecodedImages, store_key
+from imageclf.data.decoded import DecodedImages, decoded_pixels, store_key
 from imageclf.data.online_augmentation import OnlineAugmentation
 from imageclf.data.params import AugmentParams, DataParams, OnlineAugmentParams
 from imageclf.data.splitting import make_split
@@ -30,14 +30,14 @@ def split_folder(tmp_path: Path, size: int) -> Path:
 
 
 def test_online_augmentation_differs_between_epochs_and_repeats_for_the_same_seed(tmp_path: Path) -> None:
-    dataset = ImageDataset.from_manifest(
-        split_folder(tmp_path, 64) / "train", CLASSES, preprocessing_for("resnet18", 64)
-    )
+    preprocessing = preprocessing_for("resnet18", 64)
+    dataset = ImageDataset.from_manifest(split_folder(tmp_path, 64) / "train", CLASSES, preprocessing)
     augmentation = OnlineAugmentation(SHIPPED_ONLINE)
     index = torch.arange(len(dataset))
+    (pixels,) = decoded_pixels([dataset])
 
     def epoch_batch(seed: int, epoch: int) -> torch.Tensor:
-        images = DecodedImages.of(dataset, "train", augmentation, seed)
+        images = DecodedImages(pixels, dataset.labels, preprocessing, augmentation, seed)
         images.set_epoch(epoch)
         return images.batch(index)[0]
 
@@ -48,12 +48,13 @@ def test_online_augmentation_differs_between_epochs_and_repeats_for_the_same_see
     changed = (first != epoch_batch(seed=0, epoch=2)).flatten(1).any(dim=1)
     assert changed.float().mean() > 0.9, "nearly every image is drawn differently"
 
-    plain = DecodedImages.of(dataset, "train")
+    plain = DecodedImages(pixels, dataset.labels, preprocessing)
     expected = torch.stack([dataset[position][0] for position in range(len(dataset))])
     assert torch.equal(plain.batch(index)[0], expected), "unaugmented, the store gives what decoding gives"
     assert torch.equal(plain.batch(index)[1], torch.tensor(dataset.labels))
     off = OnlineAugmentParams(crop_scale=1.0, flip=0.0, color_jitter=0.0)
-    assert torch.equal(DecodedImages.of(dataset, "train", OnlineAugmentation(off)).batch(index)[0], expected)
+    unchanged = DecodedImages(pixels, dataset.labels, preprocessing, OnlineAugmentation(off))
+    assert torch.equal(unchanged.batch(index)[0], expected)
 
 
 def test_no_epoch_decodes_a_jpeg_and_a_damaged_store_is_decoded_again(

@@ -21,24 +21,25 @@ def store_key(image_size: int) -> str:
     return f"decoded-{image_size}px-pillow{PIL.__version__}-v{DECODING_VERSION}"
 
 
-def decoded_pixels(dataset: ImageDataset, description: str) -> torch.Tensor:
-    """`dataset`'s images as (N, 3, size, size) uint8, decoding only those the store does not hold yet; an entry of
-    the wrong shape or type (a damaged store) is decoded again, never trusted."""
-    size = dataset.preprocess.image_size
+def decoded_pixels(datasets: list[ImageDataset]) -> list[torch.Tensor]:
+    """Each dataset's images as (N, 3, size, size) uint8, decoding only those the store does not hold yet, with one
+    read and at most one write of the store for all of them; an entry of the wrong shape or type (a damaged store)
+    is decoded again, never trusted. The datasets share one input size."""
+    size = datasets[0].preprocess.image_size
     path = store_path(store_key(size))
     store = read_store(path)
-    digests = dataset.digests
 
     def held(digest: str) -> bool:
         pixels = store.get(digest)
         return pixels is not None and pixels.dtype == torch.uint8 and tuple(pixels.shape) == (3, size, size)
 
-    missing = sorted({digest: index for index, digest in enumerate(digests) if not held(digest)}.values())
+    missing = {digest: (dataset, index) for dataset in datasets for index, digest in enumerate(dataset.digests)}
+    missing = {digest: item for digest, item in missing.items() if not held(digest)}
+    for digest, (dataset, index) in tqdm(missing.items(), desc="decode", unit="img", delay=1.0):
+        store[digest] = torch.from_numpy(dataset.preprocess.square_pixels(dataset.image(index)).copy())
     if missing:
-        for index in tqdm(missing, desc=f"decode {description}", unit="img", delay=1.0):
-            store[digests[index]] = torch.from_numpy(dataset.preprocess.square_pixels(dataset.image(index)).copy())
         write_store(path, store)
-    return torch.stack([store[digest] for digest in digests])
+    return [torch.stack([store[digest] for digest in dataset.digests]) for dataset in datasets]
 
 
 class DecodedImages(Dataset):
@@ -61,13 +62,6 @@ class DecodedImages(Dataset):
         self.epoch = 1
         scale, offset = preprocess.scale_and_offset()
         self.scale, self.offset = torch.from_numpy(scale), torch.from_numpy(offset)
-
-    @classmethod
-    def of(
-        cls, dataset: ImageDataset, description: str, augmentation: OnlineAugmentation | None = None, seed: int = 0
-    ) -> "DecodedImages":
-        """`dataset`'s images from the decoded-image store."""
-        return cls(decoded_pixels(dataset, description), dataset.labels, dataset.preprocess, augmentation, seed)
 
     def plain(self) -> "DecodedImages":
         """The same images without augmentation: what features and evaluation see."""

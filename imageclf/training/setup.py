@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.core.device import is_distributed, rank, select_device
 from imageclf.data.datasets import ImageDataset
-from imageclf.data.decoded import DecodedImages
+from imageclf.data.decoded import DecodedImages, decoded_pixels
 from imageclf.data.online_augmentation import OnlineAugmentation
 from imageclf.data.params import DataParams, OnlineAugmentParams
 from imageclf.models.architectures import preprocessing_for
@@ -107,12 +107,10 @@ def batched_features(backbone: nn.Module, batches: Callable[[Dataset], Iterable]
 def image_inputs(run: Run) -> Inputs:
     """The whole classifier on images decoded once (the decoded-image store), the training images augmented afresh
     in every epoch; features of the images as they are."""
-    train, val = first_process_first(
-        lambda: (
-            DecodedImages.of(run.train_data, "train", run.augmentation, run.train.seed),
-            DecodedImages.of(run.val_data, "val"),
-        )
-    )
+    train_pixels, val_pixels = first_process_first(lambda: decoded_pixels([run.train_data, run.val_data]))
+    preprocess = run.train_data.preprocess
+    train = DecodedImages(train_pixels, run.train_data.labels, preprocess, run.augmentation, run.train.seed)
+    val = DecodedImages(val_pixels, run.val_data.labels, preprocess)
 
     def batches(dataset: DecodedImages) -> Iterable:
         plain = dataset.plain()

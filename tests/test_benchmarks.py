@@ -45,6 +45,7 @@ def test_the_training_benchmark_times_a_step_and_the_train_stages_epoch() -> Non
     # resnet18's forward at 32 px is 1.82 GMAC × (32/224)² ≈ 0.037 GMAC: training ≈ 3 × 2 × that
     assert 0.2 < whole["gflop_per_image"] < 0.25 and last["gflop_per_image"] < whole["gflop_per_image"] / 3
     assert whole["images_per_second"] > 0 and whole["epoch_images_per_second"] > 0
+    # the figures are printed rounded (images/s to 0.1), so a product or ratio of them agrees to rounding only
     ratio = whole["epoch_images_per_second"] / whole["images_per_second"]
-    assert whole["epoch_to_step_ratio"] == pytest.approx(ratio, abs=0.01)
-    assert whole["gflops"] == pytest.approx(whole["gflop_per_image"] * whole["images_per_second"], rel=0.01, abs=0.1)
+    assert whole["epoch_to_step_ratio"] == pytest.approx(ratio, rel=0.05)
+    assert whole["gflops"] == pytest.approx(whole["gflop_per_image"] * whole["images_per_second"], rel=0.05)

@@ -45,7 +45,10 @@ def test_the_training_benchmark_times_a_step_and_the_train_stages_epoch() -> Non
     # resnet18's forward at 32 px is 1.82 GMAC × (32/224)² ≈ 0.037 GMAC: training ≈ 3 × 2 × that
     assert 0.2 < whole["gflop_per_image"] < 0.25 and last["gflop_per_image"] < whole["gflop_per_image"] / 3
     assert whole["images_per_second"] > 0 and whole["epoch_images_per_second"] > 0
-    # the figures are printed rounded (images/s to 0.1), so a product or ratio of them agrees to rounding only
-    ratio = whole["epoch_images_per_second"] / whole["images_per_second"]
-    assert whole["epoch_to_step_ratio"] == pytest.approx(ratio, rel=0.05)
-    assert whole["gflops"] == pytest.approx(whole["gflop_per_image"] * whole["images_per_second"], rel=0.05)
+    # the figures are printed rounded (images/s to 0.1, GFLOP to 0.001): a ratio or product of them agrees within
+    # what that rounding allows, however slow a busy machine makes the rates
+    step, epoch, flop = whole["images_per_second"], whole["epoch_images_per_second"], whole["gflop_per_image"]
+    assert (
+        (epoch - 0.05) / (step + 0.05) - 0.005 <= whole["epoch_to_step_ratio"] <= (epoch + 0.05) / (step - 0.05) + 0.005
+    )
+    assert (flop - 0.0005) * (step - 0.05) - 0.05 <= whole["gflops"] <= (flop + 0.0005) * (step + 0.05) + 0.05

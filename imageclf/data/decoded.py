@@ -60,6 +60,7 @@ class DecodedImages(Dataset):
         self.pixels, self.labels, self.preprocess, self.seed = pixels, labels, preprocess, seed
         self.augmentation = augmentation if augmentation is not None and augmentation.changes_images else None
         self.epoch = 1
+        self.label_tensor = torch.as_tensor(labels)  # indexed once per batch
         scale, offset = preprocess.scale_and_offset()
         self.scale, self.offset = torch.from_numpy(scale), torch.from_numpy(offset)
 
@@ -80,7 +81,7 @@ class DecodedImages(Dataset):
         if self.augmentation is not None:
             draws = (image_generator(self.seed, self.epoch, int(position)) for position in index)
             pixels = torch.stack([self.augmentation(image, draw) for image, draw in zip(pixels, draws, strict=True)])
-        return [pixels.float().mul_(self.scale).sub_(self.offset), torch.as_tensor(self.labels)[index]]
+        return [pixels.float().mul_(self.scale).sub_(self.offset), self.label_tensor[index]]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         inputs, labels = self.batch(torch.tensor([index]))

@@ -9,7 +9,8 @@ FLOPs of forward + backward per image (3 × the forward's, from torch's FLOP cou
 
 What trains: `whole` (fromzero; fine_tuning, whose BatchNorm statistics stay frozen), and `last N` (transfer_learning
 with `train.trainable_blocks: N`, on the stored activations of the blocks before: compute only). `--bf16` adds a
-bfloat16-autocast row per setting (the CPU's bfloat16 kernels; the train stage does not use them on a CPU).
+bfloat16-autocast row per setting (the CPU's bfloat16 kernels, which the train stage uses where `train.amp`
+measures them faster on this machine: imageclf/training/precision.py).
 
     python benchmarks/training.py                                 # Lite0 256 px, resnet18 128 px, original 128 px
     python benchmarks/training.py --setting efficientnet_lite0:192 --last 1 2 --bf16
@@ -79,7 +80,7 @@ def epoch_rate(classifier: Classifier, size: int, batch: int, steps: int, model:
     online = OnlineAugmentation(load(AugmentParams).online)
     images = DecodedImages(pixels, [index % 3 for index in range(len(pixels))], preprocessing_for(model, size), online)
     optimizer = torch.optim.AdamW(classifier.parameters())
-    precision = MixedPrecision(CPU, False)
+    precision = MixedPrecision(CPU)
     scaler = precision.grad_scaler()
     loss_function = nn.CrossEntropyLoss()
     run_epoch(classifier, MemoryBatches(images, batch, range(batch)), loss_function, precision, optimizer, scaler)

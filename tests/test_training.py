@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.core.config import load
-from imageclf.core.device import MixedPrecision, select_device
+from imageclf.core.device import select_device
 from imageclf.core.errors import UserError
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.manifest import read_manifest
@@ -301,20 +301,6 @@ def test_the_device_is_chosen_automatically_and_a_missing_one_is_named() -> None
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match=r"^train.device is 'cuda' but torch finds no CUDA device here"):
             select_device("cuda")
-
-
-def test_mixed_precision_is_one_code_path_that_only_cuda_switches_on() -> None:
-    cpu = MixedPrecision(CPU, enabled=True)
-    assert not cpu.active and not cpu.grad_scaler().is_enabled()
-    results = [
-        fit(head(), features(60, 1), features(30, 2), train_config(amp=amp, epochs=3, batch_size=16), CPU).history
-        for amp in (True, False)
-    ]
-    assert results[0] == results[1]
-    if torch.cuda.is_available():
-        cuda = MixedPrecision(torch.device("cuda"), enabled=True)
-        assert cuda.active and cuda.dtype in (torch.bfloat16, torch.float16)
-        assert cuda.grad_scaler().is_enabled() == (cuda.dtype == torch.float16)
 
 
 def test_a_real_training_run_flags_at_most_one_percent_of_val_and_saves_its_detector(

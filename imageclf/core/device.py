@@ -1,4 +1,4 @@
-"""Where the tensors live: the device, mixed precision on CUDA, and how data loaders feed it."""
+"""Where the tensors live: the device, mixed precision, and how data loaders feed it."""
 
 import os
 from collections.abc import Iterator
@@ -27,27 +27,23 @@ def select_device(name: str = "auto") -> torch.device:
 
 @dataclass(frozen=True)
 class MixedPrecision:
-    """Mixed precision on CUDA (bfloat16 where the GPU supports it, else float16 with loss scaling).
+    """Autocast to `dtype` on `device` (bfloat16, or float16 with loss scaling); None: full precision.
 
-    Everywhere else, and with `enabled` False, the same calls run in full precision.
+    `imageclf.training.precision` chooses it; with None the same calls run in float32.
     """
 
     device: torch.device
-    enabled: bool
+    dtype: torch.dtype | None = None
 
     @property
-    def active(self) -> bool:
-        return self.enabled and self.device.type == "cuda"
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.active and torch.cuda.is_bf16_supported() else torch.float16
+    def name(self) -> str:
+        return str(self.dtype or torch.float32).removeprefix("torch.")
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.active)
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler(self.device.type, enabled=self.active and self.dtype == torch.float16)
+        return torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
 
 
 def loader_options(device: torch.device) -> dict:

@@ -28,6 +28,7 @@ from imageclf.models.classifier import Classifier
 from imageclf.training.balance import CLASS_WEIGHTS, SAMPLERS
 from imageclf.training.optim import WEIGHT_DECAY_AUTO, build_optimizer, build_schedule, step_schedule
 from imageclf.training.params import TrainParams
+from imageclf.training.precision import training_precision
 from imageclf.training.stopping import MONITORS, Plateau
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class FitResult:
     weight_decay: float = 0.0  # the L2 strength trained with: train.weight_decay, or the one `auto` chose
     val_loss_by_weight_decay: dict[float, float] = field(default_factory=dict)  # `auto`: every candidate's
     unknown: dict = field(default_factory=dict)  # the detector's scores, thresholds and val share flagged, once fitted
+    precision: str = "float32"  # what the training steps ran in (`train.amp`); validation runs in float32
 
     @property
     def best_val_loss(self) -> float:
@@ -63,14 +65,15 @@ class FitResult:
         return {"epochs": len(self.history), "val_loss": self.best_val_loss}
 
     def details(self) -> dict:
-        """metrics/details/train.json: the L2 strength (and every candidate's val loss), the none-of-these detector's
-        thresholds, and the best and the last epoch's losses and accuracies."""
+        """metrics/details/train.json: the precision of the training steps, the L2 strength (and every candidate's
+        val loss), the none-of-these detector's thresholds, and the best and the last epoch's losses and accuracies."""
 
         def stats(epoch: EpochStats) -> dict:
             return {key: value for key, value in asdict(epoch).items() if key != "epoch"}
 
         search = {"val_loss_by_weight_decay": {str(key): loss for key, loss in self.val_loss_by_weight_decay.items()}}
         return {
+            "precision": self.precision,
             "weight_decay": self.weight_decay,
             **(search if self.val_loss_by_weight_decay else {}),
             **({"unknown": self.unknown} if self.unknown else {}),
@@ -370,7 +373,7 @@ def fit(
     validate on the whole val set, and only the first saves checkpoints.
     """
     model.to(device, memory_format=torch.channels_last)  # convolutions twice as fast on a CPU; a head is unaffected
-    precision = MixedPrecision(device, config.amp)
+    precision = training_precision(model, train_data, config.batch_size, device, config.amp)
     train_loss_function, val_loss_function = loss_functions(train_data, val_data, config, device)
     state = TrainingState.start(model, config, precision)
     if checkpointing:
@@ -394,7 +397,7 @@ def fit(
             state.scaler,
         )
         model.eval()
-        val_loss, val_accuracy = run_epoch(model, val_batches, val_loss_function, precision)
+        val_loss, val_accuracy = run_epoch(model, val_batches, val_loss_function, MixedPrecision(device))
         lr = state.optimizer.param_groups[-1]["lr"]
         state.end_epoch(EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr), monitor)
         progress.set_postfix(train_loss=f"{train_loss:.3f}", val_loss=f"{val_loss:.3f}", val_acc=f"{val_accuracy:.3f}")
@@ -409,6 +412,7 @@ def fit(
             break
     model.load_state_dict(state.result.best_state)
     state.result.weight_decay = float(config.weight_decay)
+    state.result.precision = precision.name
     return state.result
 
 
@@ -521,6 +525,7 @@ def joined(head: FitResult, backbone: FitResult, head_epochs: int) -> FitResult:
         backbone.stop_reason,
         head.weight_decay,
         head.val_loss_by_weight_decay,
+        precision=backbone.precision,
     )
 
 

@@ -373,13 +373,14 @@ def fit(
     validate on the whole val set, and only the first saves checkpoints.
     """
     model.to(device, memory_format=torch.channels_last)  # convolutions twice as fast on a CPU; a head is unaffected
+    trainable = TrainableLayers(model, config)
+    trainable.for_epoch()  # the layers in the modes they train in, which the precision is timed in
     precision = training_precision(model, train_data, config.batch_size, device, config.amp)
     train_loss_function, val_loss_function = loss_functions(train_data, val_data, config, device)
     state = TrainingState.start(model, config, precision)
     if checkpointing:
         state.resume(checkpointing)
     train_batches, val_batches = data_loaders(train_data, val_data, config, device, state.generator)
-    trainable = TrainableLayers(model, config)
     monitor = config.early_stopping.monitor
 
     progress = tqdm(state.epochs_left(config.epochs), desc="train", unit="epoch", disable=rank() != 0)

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from imageclf.core.cache import cache_dir
-from imageclf.core.device import MixedPrecision, is_distributed
+from imageclf.core.device import MixedPrecision, is_distributed, rank
 from imageclf.core.files import write_atomic
 
 MIN_SPEEDUP = 1.1  # bfloat16 only where it is at least this much faster: a tie is not worth its rounding
@@ -32,8 +32,7 @@ def training_precision(
     network: nn.Module, train_data: Dataset, batch_size: int, device: torch.device, amp: bool
 ) -> MixedPrecision:
     """The precision `network` trains in on `device` with `train.amp`, timed on batches shaped as its training
-    batches (per-image speed depends on the batch size: Lite0's float32 steps at 256 px ran 15 images/s in batches
-    of 16 and 10 in batches of 32)."""
+    batches: the speed-up depends on the batch size."""
     if not amp or device.type not in ("cuda", "cpu"):
         return MixedPrecision(device)
     if device.type == "cuda":
@@ -41,7 +40,7 @@ def training_precision(
     if not has_convolutions(network) or not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return MixedPrecision(device)
     shape = (min(batch_size, len(train_data)), *train_data[0][0].shape)
-    faster = torch.tensor([bfloat16_is_faster(network, shape)])
+    faster = torch.tensor([rank() == 0 and bfloat16_is_faster(network, shape)])
     if is_distributed():  # every process trains as the first measured
         torch.distributed.broadcast(faster, 0)
     return MixedPrecision(device, torch.bfloat16 if faster.item() else None)
@@ -86,9 +85,10 @@ def measured_rates(network: nn.Module, batch_shape: tuple[int, ...]) -> dict[str
 
 
 def probe_key(network: nn.Module, batch_shape: tuple[int, ...]) -> str:
-    """What the rates depend on: the CPU, torch, its threads, the layers that run (their shapes and which train) and
-    the input."""
+    """What the rates depend on: the CPU, torch, its threads, the layers that run (their shapes, which train, their
+    modes) and the input."""
     layers = [(name, tuple(tensor.shape), tensor.requires_grad) for name, tensor in network.named_parameters()]
+    layers += [module.training for module in network.modules()]
     digest = hashlib.sha256(repr(layers).encode()).hexdigest()[:16]
     return f"{cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {digest} | {batch_shape}"
 
@@ -104,10 +104,11 @@ def cpu_name() -> str:
 
 
 def time_precisions(network: nn.Module, batch_shape: tuple[int, ...]) -> dict[str, float]:
-    """Time PROBE_STEPS forward and backward passes of a copy of `network` in each precision, alternating, and keep
-    each one's fastest: the copy spares the network's BatchNorm statistics and gradients, the forked random state
-    its dropout draws, so a run trains the same whether it measured or read the rates."""
-    probe = copy.deepcopy(network).train()
+    """Time PROBE_STEPS forward and backward passes of a copy of `network`, its layers in the modes they are in (a
+    fine-tuned backbone's BatchNorm frozen), in each precision, alternating, and keep each one's fastest: the copy
+    spares the network's BatchNorm statistics and gradients, the forked random state its dropout draws, so a run
+    trains the same whether it measured or read the rates."""
+    probe = copy.deepcopy(network)
     inputs = torch.randn(*batch_shape, generator=torch.Generator().manual_seed(0))
     inputs = inputs.contiguous(memory_format=torch.channels_last) if inputs.dim() == 4 else inputs
     best = {"float32": float("inf"), "bfloat16": float("inf")}

@@ -152,9 +152,14 @@ def main() -> None:
             "largest_process_mb": largest_process_mb(),
             "val_accuracy": training["best"]["val_accuracy"],
             "best_epoch": training["best_epoch"],
+            "epochs": training["epochs"],
+            "training_precision": training["precision"],
             "test_accuracy": evaluation["accuracy"],
             "test_macro_f1": evaluation["macro_avg"]["f1"],
         }
+        rates = work / "feature-cache" / "precision.json"  # train.amp's measurement on a CPU, if it made one
+        if rates.is_file():
+            report["precision_rates"] = list(json.loads(rates.read_text()).values())
         report["test_misses"] = evaluation["misses"]
         report["test_unknown"] = evaluation["unknown"]
         if "ood" in evaluation:  # -S evaluate.ood_images=FOLDER: its share flagged, per score and subfolder

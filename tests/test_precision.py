@@ -78,6 +78,9 @@ def test_a_cpu_measures_once_without_touching_the_network_and_follows_the_rates(
     keep_rates(network, data, float32=10.0, bfloat16=10.5)
     assert training_precision(network, data, BATCH, CPU, amp=True).dtype is None, "a small gain is not taken"
     assert training_precision(network, data, BATCH, CPU, amp=False).dtype is None
+    training_precision(network, data, 8, CPU, amp=True)  # another batch shape: measured beside the kept rates
+    kept = json.loads(precision_file().read_text())
+    assert len(kept) == 2 and kept[probe_key(network, (BATCH, 3, 16, 16))] == {"float32": 10.0, "bfloat16": 10.5}
 
     precision_file().write_text("{damaged")
     training_precision(network, data, BATCH, CPU, amp=True)

@@ -67,13 +67,12 @@ def measured_rates(network: nn.Module, batch_shape: tuple[int, ...]) -> dict[str
     path = precision_file()
     try:
         known = json.loads(path.read_text())
-        rates = known[key]
-        if isinstance(rates, dict) and all(isinstance(rates.get(name), float) for name in ("float32", "bfloat16")):
-            return rates
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError):
         known = {}
-    if not isinstance(known, dict):
-        known = {}
+    known = known if isinstance(known, dict) else {}
+    rates = known.get(key)
+    if isinstance(rates, dict) and all(isinstance(rates.get(name), float) for name in ("float32", "bfloat16")):
+        return rates
     rates = time_precisions(network, batch_shape)
     known[key] = rates
     write_atomic(path, json.dumps(known, indent=2, sort_keys=True).encode())

@@ -6,6 +6,7 @@ cache stay as they are.
 
     python benchmarks/pipeline.py --raw-dir ../shared/data/animals --holdout ../shared/data/animals10-sample
     python benchmarks/pipeline.py -S data.image_size=192 -S augment.copies=2 --then train.dropout=0.2
+    python benchmarks/pipeline.py -S train.mode=fromzero -S train.model=original --keep-metrics runs/original
 
 `--predict-folder` (default: the 1,320 cat photos of ../shared/data/animals) and `--predict-photo` time the
 `imageclf predict` command itself on the trained model, start-up included, as a user runs it. The photo (default:
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--predict-photo", type=Path, help="default: the first photo of --predict-folder")
     parser.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument(
+        "--keep-metrics", type=Path, metavar="DIR", help="copy the run's metrics/ (its epoch history, plots) here"
+    )
+    parser.add_argument(
         "--then",
         default="train.lr=0.0005",
         metavar="KEY=VALUE",
@@ -140,6 +144,8 @@ def main() -> None:
         params = set_params(work / "params.yaml", [f"data.raw_dir={args.raw_dir.resolve()}", *args.overrides])
         environment = {**os.environ, "IMAGECLF_FEATURE_CACHE": str(work / "feature-cache")}
         seconds = repro_seconds(work, environment)
+        if args.keep_metrics:
+            shutil.copytree(work / paths.METRICS_DIR, args.keep_metrics, dirs_exist_ok=True)
         details = work / paths.METRICS_DIR / paths.DETAILS_DIR
         evaluation = json.loads((details / paths.EVALUATE_METRICS).read_text())
         training = json.loads((details / paths.TRAIN_METRICS).read_text())

@@ -10,10 +10,12 @@ FLOPs of forward + backward per image (3 × the forward's, from torch's FLOP cou
 What trains: `whole` (fromzero; fine_tuning, whose BatchNorm statistics stay frozen), and `last N` (transfer_learning
 with `train.trainable_blocks: N`, on the stored activations of the blocks before: compute only). `--bf16` adds a
 bfloat16-autocast row per setting (the CPU's bfloat16 kernels, which the train stage uses where `train.amp`
-measures them faster on this machine: imageclf/training/precision.py).
+measures them faster on this machine: imageclf/training/precision.py); `--compile` adds the whole network under
+`torch.compile` (inductor; its compilation runs in the untimed steps), in each precision asked for.
 
     python benchmarks/training.py                                 # Lite0 256 px, resnet18 128 px, original 128 px
     python benchmarks/training.py --setting efficientnet_lite0:192 --last 1 2 --bf16
+    python benchmarks/training.py --setting resnet18:128 original:128 --bf16 --compile --steps 10
 """
 
 import argparse
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="timed batches per figure (default: 4)")
     parser.add_argument("--bf16", action="store_true", help="also bfloat16 autocast")
+    parser.add_argument("--compile", action="store_true", help="also the whole network under torch.compile")
     args = parser.parse_args()
     rows = []
     for setting in args.setting:
@@ -124,6 +127,10 @@ def main() -> None:
         rows.append(row(f"{model} {size} px whole", flops, rate, epoch))
         if args.bf16:
             rows.append(row(f"{model} {size} px whole bf16", flops, compute_rate(classifier, inputs, args.steps, True)))
+        for bf16 in [False, True][: (1 + args.bf16) * args.compile]:
+            compiled = torch.compile(whole_network(model, size))  # compiled by the untimed steps
+            name = f"{model} {size} px whole compiled{' bf16' if bf16 else ''}"
+            rows.append(row(name, flops, compute_rate(compiled, inputs, args.steps, bf16)))
         for count in args.last if model != "original" else []:
             first, last = split_backbone(model, whole_network(model, size).backbone, count)
             with torch.no_grad():

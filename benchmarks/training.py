@@ -127,7 +127,7 @@ def main() -> None:
         rows.append(row(f"{model} {size} px whole", flops, rate, epoch))
         if args.bf16:
             rows.append(row(f"{model} {size} px whole bf16", flops, compute_rate(classifier, inputs, args.steps, True)))
-        for bf16 in [False, True][: (1 + args.bf16) * args.compile]:
+        for bf16 in ([False, True] if args.bf16 else [False]) if args.compile else []:
             compiled = torch.compile(whole_network(model, size))  # compiled by the untimed steps
             name = f"{model} {size} px whole compiled{' bf16' if bf16 else ''}"
             rows.append(row(name, flops, compute_rate(compiled, inputs, args.steps, bf16)))

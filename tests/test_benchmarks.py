@@ -57,3 +57,15 @@ def test_the_training_benchmark_times_a_step_and_the_train_stages_epoch() -> Non
         (epoch - 0.05) / (step + 0.05) - 0.005 <= whole["epoch_to_step_ratio"] <= (epoch + 0.05) / (step - 0.05) + 0.005
     )
     assert (flop - 0.0005) * (step - 0.05) - 0.05 <= whole["gflops"] <= (flop + 0.0005) * (step + 0.05) + 0.05
+
+
+def test_the_training_benchmark_times_the_compiled_network_in_each_precision_asked_for() -> None:
+    command = [sys.executable, "benchmarks/training.py", "--setting", "original:112", "--batch", "4", "--steps", "1"]
+    result = subprocess.run([*command, "--bf16", "--compile"], cwd=PROJECT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = {row["setting"]: row for row in json.loads(result.stdout)["rows"]}
+    compiled = ["original 112 px whole compiled", "original 112 px whole compiled bf16"]
+    assert list(rows) == ["original 112 px whole", "original 112 px whole bf16", *compiled]
+    # the same network, compiled: the same FLOPs, and it trains
+    assert all(rows[name]["gflop_per_image"] == rows["original 112 px whole"]["gflop_per_image"] for name in compiled)
+    assert all(rows[name]["images_per_second"] > 0 for name in compiled)

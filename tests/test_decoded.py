@@ -3,6 +3,7 @@ drawn afresh per epoch and reproducible per seed, and fine-tuning that starts fr
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from imageclf.core.config import load
+from imageclf.core.errors import UserError
 from imageclf.core.store import store_path
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.decoded import DecodedImages, decoded_pixels, store_key
@@ -127,7 +129,7 @@ def test_evaluate_scores_a_whole_network_model_on_the_stored_pixels_as_predict_d
 ) -> None:
     """A model trained on images is scored on the test photos from the decoded-image store: the first evaluate
     decodes only the test photos (training stored the others), the next none, and both give what `imageclf predict`
-    gives for the files."""
+    gives for the files; a photo that became unreadable stops it with one line."""
     monkeypatch.setenv("IMAGECLF_FEATURE_CACHE", str(tmp_path / "cache"))
     split = split_folder(tmp_path, 32)
     data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=32)
@@ -147,3 +149,7 @@ def test_evaluate_scores_a_whole_network_model_on_the_stored_pixels_as_predict_d
         scores = [[row.unknown_scores[name] for name in model.unknown_scores] for row in predicted]
         np.testing.assert_allclose(scored.scores, scores, atol=1e-5)
         assert reasons_of(model.unknown_scores, scored.flags) == [row.unknown_reason for row in predicted]
+
+    test[0].write_bytes(test[0].read_bytes()[:200])  # damaged since: its new bytes are decoded, and stop it
+    with pytest.raises(UserError, match=f"^cannot read '{re.escape(str(test[0]))}' \\(OSError: "):
+        scored_test_split(model, tmp_path / "model.pt", split / "test", config)

@@ -1,5 +1,5 @@
 """The prepared benchmarks run: the mixed-precision check reports that both settings train; the training benchmark
-times a step and the train stage's epoch and counts FLOPs."""
+times a step and the train stage's epoch and counts FLOPs; the evaluate-inputs benchmark times both ways."""
 
 import json
 import os
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
+from imageclf.data.manifest import read_manifest
+from imageclf.data.splitting import make_split
 from imageclf.training.precision import MIN_SPEEDUP
-from tests.helpers import PROJECT, make_image_folder
+from tests.helpers import CLASSES, PROJECT, make_image_folder
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts, which fine-tune a model
 
@@ -69,3 +71,17 @@ def test_the_training_benchmark_times_the_compiled_network_in_each_precision_ask
     # the same network, compiled: the same FLOPs, and it trains
     assert all(rows[name]["gflop_per_image"] == rows["original 112 px whole"]["gflop_per_image"] for name in compiled)
     assert all(rows[name]["images_per_second"] > 0 for name in compiled)
+
+
+def test_the_evaluate_inputs_benchmark_times_the_store_and_decoding_on_the_same_pixels(tmp_path: Path) -> None:
+    """It times both ways on a split, checks inside that they give the same pixels, and leaves the user's cache be."""
+    split = tmp_path / "split"
+    make_split(make_image_folder(tmp_path / "photos"), CLASSES, 32, 0.1, 0.1, 0, split)
+    command = [sys.executable, "benchmarks/evaluate_inputs.py", "--split", str(split), "--image-size", "32"]
+    cache = {**os.environ, CACHE_ENVIRONMENT_VARIABLE: str(tmp_path / "user-cache")}
+    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, env=cache)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["test_photos"] == len(read_manifest(split / "test")) and report["store_photos"] == 30
+    assert all(report[key] > 0 for key in ("store_first_evaluate_s", "store_later_evaluate_s", "decoding_s"))
+    assert not (tmp_path / "user-cache").exists()

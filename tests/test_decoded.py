@@ -3,28 +3,19 @@ drawn afresh per epoch and reproducible per seed, and fine-tuning that starts fr
 
 import dataclasses
 import math
-import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from imageclf.core.config import load
-from imageclf.core.errors import UserError
 from imageclf.core.store import store_path
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.decoded import DecodedImages, decoded_pixels, store_key
-from imageclf.data.manifest import read_manifest
 from imageclf.data.online_augmentation import OnlineAugmentation
 from imageclf.data.params import AugmentParams, DataParams, OnlineAugmentParams
 from imageclf.data.splitting import make_split
-from imageclf.evaluation.evaluate import reasons_of, scored_test_split
-from imageclf.evaluation.params import EvaluateParams
-from imageclf.inference.photos import predict_files
-from imageclf.inference.predictor import load_predictor
 from imageclf.models.architectures import preprocessing_for
-from imageclf.models.model_file import save_model
 from imageclf.training.train import train_from_params
 from tests.helpers import CLASSES, PROJECT, make_image_folder, train_config
 
@@ -36,19 +27,6 @@ def split_folder(tmp_path: Path, size: int) -> Path:
     if not split.is_dir():
         make_split(make_image_folder(tmp_path / "raw"), CLASSES, size, 0.1, 0.1, 0, split)
     return split
-
-
-def counting_decodes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    """The files datasets decode from now on, in order (the real decoding still runs)."""
-    decoded: list[Path] = []
-    image = ImageDataset.image
-
-    def counting_image(self: ImageDataset, index: int):
-        decoded.append(self.paths[index])
-        return image(self, index)
-
-    monkeypatch.setattr(ImageDataset, "image", counting_image)
-    return decoded
 
 
 def test_online_augmentation_differs_between_epochs_and_repeats_for_the_same_seed(tmp_path: Path) -> None:
@@ -86,7 +64,14 @@ def test_no_epoch_decodes_a_jpeg_and_a_damaged_store_is_decoded_again(
     same weights; a damaged store is rebuilt, never trusted."""
     monkeypatch.setenv("IMAGECLF_FEATURE_CACHE", str(tmp_path / "cache"))
     split = split_folder(tmp_path, 32)
-    decoded = counting_decodes(monkeypatch)
+    decoded: list[Path] = []
+    image = ImageDataset.image
+
+    def counting_image(self: ImageDataset, index: int):
+        decoded.append(self.paths[index])
+        return image(self, index)
+
+    monkeypatch.setattr(ImageDataset, "image", counting_image)
     data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=32)
     train = train_config(model="resnet18", mode="fromzero", epochs=3, batch_size=8, lr=0.01)
 
@@ -122,34 +107,3 @@ def test_fine_tuning_starts_the_backbone_from_a_head_fitted_on_its_features(tmp_
     probe, backbone = result.history[39], result.history[40]
     assert probe.train_loss < 0.3 * math.log(3)
     assert backbone.train_loss < 0.5 * math.log(3), "the backbone's first epoch starts from the probe's head"
-
-
-def test_evaluate_scores_a_whole_network_model_on_the_stored_pixels_as_predict_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A model trained on images is scored on the test photos from the decoded-image store: the first evaluate
-    decodes only the test photos (training stored the others), the next none, and both give what `imageclf predict`
-    gives for the files; a photo that became unreadable stops it with one line."""
-    monkeypatch.setenv("IMAGECLF_FEATURE_CACHE", str(tmp_path / "cache"))
-    split = split_folder(tmp_path, 32)
-    data = dataclasses.replace(load(DataParams, PROJECT / "params.yaml"), image_size=32)
-    train = train_config(model="resnet18", mode="fromzero", epochs=1, batch_size=8, lr=0.01)
-    saved, _ = train_from_params(data, train, split / "train", split / "val", SHIPPED_ONLINE)
-    save_model(tmp_path / "model.pt", saved)
-    decoded = counting_decodes(monkeypatch)
-    model = load_predictor(tmp_path / "model.pt")
-    config = load(EvaluateParams, PROJECT / "params.yaml")
-    test = [split / "test" / record.path for record in read_manifest(split / "test")]
-    predicted = list(predict_files(model, test, "none", config.batch_size))
-    for run in ("first", "second"):
-        scored = scored_test_split(model, tmp_path / "model.pt", split / "test", config)
-        assert decoded == (test if run == "first" else [])
-        decoded.clear()
-        np.testing.assert_allclose(scored.probabilities, [row.probabilities for row in predicted], atol=1e-6)
-        scores = [[row.unknown_scores[name] for name in model.unknown_scores] for row in predicted]
-        np.testing.assert_allclose(scored.scores, scores, atol=1e-5)
-        assert reasons_of(model.unknown_scores, scored.flags) == [row.unknown_reason for row in predicted]
-
-    test[0].write_bytes(test[0].read_bytes()[:200])  # damaged since: its new bytes are decoded, and stop it
-    with pytest.raises(UserError, match=f"^cannot read '{re.escape(str(test[0]))}' \\(OSError: "):
-        scored_test_split(model, tmp_path / "model.pt", split / "test", config)

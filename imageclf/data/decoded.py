@@ -1,7 +1,6 @@
 """The decoded-image store: each image decoded and resized to the model's input square once, kept as 8-bit pixels in
-this machine's cache by the image file's digest, so that no epoch, run or split seed that trains on images, nor the
-evaluation of its model, decodes a JPEG again (`DecodedImages`). Online augmentation and normalisation work on those
-pixels."""
+this machine's cache by the image file's digest, so that no epoch, run or split seed that trains on images decodes a
+JPEG again (`DecodedImages`). Online augmentation and normalisation work on those pixels."""
 
 import PIL
 import torch

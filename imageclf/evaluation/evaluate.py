@@ -5,14 +5,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from imageclf.backbone.frozen import FrozenBackbone
 from imageclf.core import paths
 from imageclf.core.errors import UserError, warn
 from imageclf.core.files import write_csv, write_json
 from imageclf.data.datasets import ImageDataset
-from imageclf.data.decoded import decoded_pixels
 from imageclf.data.images import open_rgb
 from imageclf.data.manifest import read_manifest, unreadable_image
 from imageclf.data.params import DataParams
@@ -95,28 +93,13 @@ def score_test_images(model: Predictor, folder: Path, config: EvaluateParams) ->
     return scores | unknown_scores(true, probabilities, reasons, model.classes, model)
 
 
-def scored_pixels(model: Predictor, pixels: np.ndarray, batch_size: int) -> Scored:
-    """The model's scores of 8-bit input squares (N, 3, size, size), `batch_size` per forward pass: what
-    `predict_files` gives for the photos they were decoded from, without test-time views."""
-    batches = [
-        model.predict(model.preprocessing.normalise(pixels[start : start + batch_size]))
-        for start in tqdm(range(0, len(pixels), batch_size), desc="evaluate", unit="batch", disable=None)
-    ]
-    return Scored(
-        np.concatenate([batch.probabilities for batch in batches]),
-        np.concatenate([batch.scores for batch in batches]),
-        np.concatenate([batch.flags for batch in batches]),
-    )
-
-
 def scored_test_split(model: Predictor, model_path: Path, test_dir: Path, config: EvaluateParams) -> Scored:
     """Each test photo's class probabilities and none-of-these scores and flags, in manifest order.
 
     A model file that carries the backbone graph its head was trained on (transfer learning on ONNX Runtime) gets
     the test photos' features from the feature cache, where the first evaluate with that graph put them: after a
-    change to the head, only the head and the detector run again. Any other model runs on the test photos' pixels
-    from the decoded-image store (decoded once per machine and input size, as training's are); with test-time
-    views, on the photos decoded afresh.
+    change to the head, only the head and the detector run again. Otherwise, and with test-time augmentation, the
+    model runs on the photos.
     """
     carried = None
     if config.tta == "none" and model_path.suffix.lower() not in PREDICTORS:
@@ -135,9 +118,6 @@ def scored_test_split(model: Predictor, model_path: Path, test_dir: Path, config
             np.stack([outputs[f"unknown_score_{name}"] for name in names], axis=1),
             outputs["unknown_flags"],
         )
-    if config.tta == "none":
-        (pixels,) = decoded_pixels([ImageDataset.from_manifest(test_dir, model.classes, model.preprocessing)])
-        return scored_pixels(model, pixels.numpy(), config.batch_size)
     images = [test_dir / record.path for record in read_manifest(test_dir)]
     predictions = list(predict_files(model, images, config.tta, config.batch_size, description="evaluate"))
     unreadable = [prediction for prediction in predictions if prediction.probabilities is None]

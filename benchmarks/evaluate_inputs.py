@@ -1,0 +1,63 @@
+"""Where evaluate should get a whole-network model's test inputs: decoding the split's test copies, or the
+decoded-image store (`imageclf.data.decoded`) that training filled. The store is one file, read whole and rewritten
+whole, so for a test split of a few hundred photos it can cost more than the decoding it saves; this measures both
+ways, seconds of wall time, with the store in a temporary cache folder.
+
+    python benchmarks/evaluate_inputs.py --split data/split --image-size 256
+"""
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
+from imageclf.data.datasets import ImageDataset
+from imageclf.data.decoded import decoded_pixels
+from imageclf.models.architectures import preprocessing_for
+
+CLASSES = ["cat", "dog", "horse"]
+T = TypeVar("T")
+
+
+def seconds(work: Callable[[], T]) -> tuple[float, T]:
+    """Wall seconds of `work()`, and its result."""
+    start = time.perf_counter()
+    result = work()
+    return time.perf_counter() - start, result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", type=Path, default=Path("data/split"), help="a split folder (train, val, test)")
+    parser.add_argument("--image-size", type=int, default=256)
+    args = parser.parse_args()
+    os.environ[CACHE_ENVIRONMENT_VARIABLE] = tempfile.mkdtemp(prefix="evaluate-inputs-")  # the user's stays as it is
+    preprocessing = preprocessing_for("efficientnet_lite0", args.image_size)
+    train, val, test = (
+        ImageDataset.from_manifest(args.split / name, CLASSES, preprocessing) for name in ("train", "val", "test")
+    )
+    decoded_pixels([train, val])  # what the train stage leaves in the store
+    first, _ = seconds(lambda: decoded_pixels([test]))  # reads it, decodes the test photos, writes it
+    held, (pixels,) = seconds(lambda: decoded_pixels([test]))
+    decoding, arrays = seconds(lambda: np.stack([preprocessing.square_pixels(test.image(i)) for i in range(len(test))]))
+    assert np.array_equal(pixels.numpy(), arrays), "the store holds what decoding gives"
+    result = {
+        "image_size": args.image_size,
+        "test_photos": len(test),
+        "store_photos": len(train) + len(val) + len(test),
+        "store_first_evaluate_s": float(f"{first:.3g}"),
+        "store_later_evaluate_s": float(f"{held:.3g}"),
+        "decoding_s": float(f"{decoding:.3g}"),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -190,9 +190,18 @@ def test_every_model_trains_a_step_in_every_mode(
         before = copy.deepcopy(model.state_dict())
         # fp32 features: int8 ONNX Runtime cannot run tf_efficientnet_lite0 at 32 px (a QLinearConv shape error).
         # Fine-tuning keeps the backbone's step only if it lowers the val loss below the head's: a smaller step does.
+        # float32: train.amp would time each network in both precisions first (tests/test_precision.py), which cost
+        # this test more than half its time.
         lr = 0.0001 if spec.fine_tunes else 0.01
         config = train_config(
-            model=name, mode=mode, epochs=1, backbone_epochs=1, batch_size=len(images), lr=lr, backbone_precision="fp32"
+            model=name,
+            mode=mode,
+            epochs=1,
+            backbone_epochs=1,
+            batch_size=len(images),
+            lr=lr,
+            backbone_precision="fp32",
+            amp=False,
         )
         train_classifier(model, images, images, config)
         changed = {key for key, value in model.state_dict().items() if not torch.equal(value, before[key])}

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.transforms.v2 import functional
 
 from imageclf.core.config import load
 from imageclf.core.store import store_path
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.decoded import DecodedImages, decoded_pixels, store_key
-from imageclf.data.online_augmentation import OnlineAugmentation
+from imageclf.data.online_augmentation import OnlineAugmentation, image_generator
 from imageclf.data.params import AugmentParams, DataParams, OnlineAugmentParams
 from imageclf.data.splitting import make_split
 from imageclf.models.architectures import preprocessing_for
@@ -55,6 +56,34 @@ def test_online_augmentation_differs_between_epochs_and_repeats_for_the_same_see
     off = OnlineAugmentParams(crop_scale=1.0, flip=0.0, color_jitter=0.0)
     unchanged = DecodedImages(pixels, dataset.labels, preprocessing, OnlineAugmentation(off))
     assert torch.equal(unchanged.batch(index)[0], expected)
+
+
+def test_a_batch_is_augmented_as_torchvisions_transforms_augment_each_image_alone() -> None:
+    """The batch's jitter (a colour matrix per image) gives what torchvision's resized crop, flip and brightness,
+    contrast and saturation give image by image, in that order, for each image's own draws. Pixels in [96, 160]:
+    the shipped factors (0.8 to 1.2) keep every step inside [0, 255], where torchvision clamps after each."""
+    augmentation = OnlineAugmentation(SHIPPED_ONLINE)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(96, 161, (12, 3, 48, 40), dtype=torch.uint8, generator=generator)
+    draws = [augmentation.draw([48, 40], image_generator(7, 3, position)) for position in range(len(pixels))]
+    assert len({draw.jitter for draw in draws}) == len(draws) and {draw.flip for draw in draws} == {False, True}
+
+    expected = []
+    for image, draw in zip(pixels, draws, strict=True):
+        if draw.box is not None:
+            image = functional.resized_crop(image, *draw.box, size=[48, 40], antialias=True)
+        image = image.float() / 255
+        if draw.flip:
+            image = functional.horizontal_flip(image)
+        brightness, contrast, saturation = draw.jitter
+        image = functional.adjust_brightness(image, brightness)
+        image = functional.adjust_contrast(image, contrast)
+        expected.append(functional.adjust_saturation(image, saturation) * 255)
+    generators = [image_generator(7, 3, position) for position in range(len(pixels))]
+    torch.testing.assert_close(augmentation(pixels, generators), torch.stack(expected), rtol=0, atol=1e-3)
+    full_range = torch.randint(0, 256, (12, 3, 48, 40), dtype=torch.uint8, generator=generator)
+    augmented = augmentation(full_range, [image_generator(7, 3, position) for position in range(len(pixels))])
+    assert augmented.min() == 0 and augmented.max() == 255, "clamped to the pixels' range"
 
 
 def test_no_epoch_decodes_a_jpeg_and_a_damaged_store_is_decoded_again(

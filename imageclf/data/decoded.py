@@ -79,8 +79,7 @@ class DecodedImages(Dataset):
         `Preprocessing.normalise` does (the same float32 operations, so the same values)."""
         pixels = self.pixels[index]
         if self.augmentation is not None:
-            draws = (image_generator(self.seed, self.epoch, int(position)) for position in index)
-            pixels = torch.stack([self.augmentation(image, draw) for image, draw in zip(pixels, draws, strict=True)])
+            pixels = self.augmentation(pixels, [image_generator(self.seed, self.epoch, int(at)) for at in index])
         return [pixels.float().mul_(self.scale).sub_(self.offset), self.label_tensor[index]]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

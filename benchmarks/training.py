@@ -5,6 +5,8 @@ train stage's `fit` places the model) is timed two ways:
 - compute: the same batch of inputs again and again, nothing else;
 - epoch: the train stage's own epoch (`run_epoch` over `MemoryBatches` of `DecodedImages` with the shipped
   `augment.online`), so that what the data path adds shows as the ratio epoch / compute.
+The two are timed in alternation, `--rounds` times each, and the median of each is kept: on a shared machine a
+single timing of either varied by half.
 FLOPs of forward + backward per image (3 × the forward's, from torch's FLOP counter) × images/s = the GFLOPS achieved.
 
 What trains: `whole` (fromzero; fine_tuning, whose BatchNorm statistics stay frozen), and `last N` (transfer_learning
@@ -22,6 +24,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import time
 
 import torch
@@ -112,6 +115,9 @@ def main() -> None:
     parser.add_argument("--last", nargs="*", type=int, default=[1], help="trainable_blocks rows (default: 1)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=4, help="timed batches per figure (default: 4)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="step and epoch timings, alternated; medians kept (default: 5)"
+    )
     parser.add_argument("--bf16", action="store_true", help="also bfloat16 autocast")
     parser.add_argument("--compile", action="store_true", help="also the whole network under torch.compile")
     args = parser.parse_args()
@@ -122,8 +128,11 @@ def main() -> None:
         inputs = torch.randn(args.batch, 3, size, size).contiguous(memory_format=torch.channels_last)
         classifier = whole_network(model, size)
         flops = flops_per_image(classifier, inputs)
-        rate = compute_rate(classifier, inputs, args.steps, bf16=False)
-        epoch = epoch_rate(whole_network(model, size), size, args.batch, args.steps, model)
+        epoch_args = (whole_network(model, size), size, args.batch, args.steps, model)
+        rates = []  # (step, epoch) per round: the two alternate, so that a busy machine slows both alike
+        for _ in range(args.rounds):
+            rates.append((compute_rate(classifier, inputs, args.steps, bf16=False), epoch_rate(*epoch_args)))
+        rate, epoch = (statistics.median(column) for column in zip(*rates, strict=True))
         rows.append(row(f"{model} {size} px whole", flops, rate, epoch))
         if args.bf16:
             rows.append(row(f"{model} {size} px whole bf16", flops, compute_rate(classifier, inputs, args.steps, True)))

@@ -44,7 +44,18 @@ def test_the_amp_benchmark_names_a_missing_folder_in_one_line(tmp_path: Path) ->
 
 
 def test_the_training_benchmark_times_a_step_and_the_train_stages_epoch() -> None:
-    command = [sys.executable, "benchmarks/training.py", "--setting", "resnet18:32", "--batch", "4", "--steps", "2"]
+    command = [
+        sys.executable,
+        "benchmarks/training.py",
+        "--setting",
+        "resnet18:32",
+        "--batch",
+        "4",
+        "--steps",
+        "2",
+        "--rounds",
+        "2",
+    ]
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     whole, last = json.loads(result.stdout)["rows"]

@@ -4,8 +4,8 @@ every training image in every epoch, on the decoded 8-bit pixels, where a mode t
 Each image's draws come from its own generator, seeded by the run's seed, the epoch and the image's position, so the
 same params give the same pixels whatever the order or the process that draws them. The crops differ in size, so
 each is cropped, resized and mirrored on its own, in 8 bits; the jitter is one colour matrix per image, applied to
-the whole batch in one pass (torchvision's three adjustments image by image cost a small network a sixth of its
-training step: docs/benchmarks.md).
+the whole batch in one pass (torchvision's three adjustments image by image cost a small network about a tenth of
+its training step: docs/benchmarks.md).
 """
 
 import math

@@ -18,11 +18,12 @@ from typing import TypeVar
 import numpy as np
 
 from imageclf.core.cache import CACHE_ENVIRONMENT_VARIABLE
+from imageclf.core.config import load
 from imageclf.data.datasets import ImageDataset
 from imageclf.data.decoded import decoded_pixels
+from imageclf.data.params import DataParams
 from imageclf.models.architectures import preprocessing_for
 
-CLASSES = ["cat", "dog", "horse"]
 T = TypeVar("T")
 
 
@@ -36,8 +37,9 @@ def seconds(work: Callable[[], T]) -> tuple[float, T]:
 def measure(split: Path, image_size: int) -> dict:
     """Seconds of each way to the test split's pixels, in a store that holds train and val as training leaves it."""
     preprocessing = preprocessing_for("efficientnet_lite0", image_size)
+    classes = load(DataParams).classes  # params.yaml's, as the split was made with them
     train, val, test = (
-        ImageDataset.from_manifest(split / name, CLASSES, preprocessing) for name in ("train", "val", "test")
+        ImageDataset.from_manifest(split / name, classes, preprocessing) for name in ("train", "val", "test")
     )
     decoded_pixels([train, val])  # what the train stage leaves in the store
     first, _ = seconds(lambda: decoded_pixels([test]))  # reads it, decodes the test photos, writes it
